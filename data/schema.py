@@ -1,0 +1,80 @@
+"""The CoNaLa schema: column names, Arrow types, and the checks that enforce them.
+
+Curated rows (train/test) carry a human `rewritten_intent`; mined rows do not and
+are keyed by the pair id `id`. The translate output is the mined schema plus two
+columns, fixed up front so an all-null column never changes type between shards.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+CURATED_SCHEMA = pa.schema(
+    [
+        pa.field("question_id", pa.int64()),
+        pa.field("intent", pa.string()),
+        pa.field("rewritten_intent", pa.string()),
+        pa.field("snippet", pa.string()),
+    ]
+)
+
+MINED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("question_id", pa.int64()),
+        pa.field("parent_answer_post_id", pa.int64()),
+        pa.field("prob", pa.float64()),
+        pa.field("intent", pa.string()),
+        pa.field("snippet", pa.string()),
+    ]
+)
+
+OUTPUT_SCHEMA = MINED_SCHEMA.append(pa.field("rewritten_intent", pa.string())).append(
+    pa.field("error", pa.string())
+)
+
+
+class SchemaError(ValueError):
+    """A source file does not have the columns or types CoNaLa needs."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, *, source: str) -> pa.Table:
+    """Select and cast `table` to `schema`, or raise naming the file and column.
+
+    Extra columns are dropped; integer/float widths and null-only columns are cast.
+    A column that cannot be cast (text where an int belongs) is an error, not a
+    silent null.
+    """
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            raise SchemaError(
+                f"{source}: missing column {field.name!r} "
+                f"(found: {', '.join(table.column_names) or 'none'})"
+            )
+        column = table.column(field.name)
+        if column.type != field.type:
+            if not _castable(column.type, field.type):
+                raise SchemaError(
+                    f"{source}: column {field.name!r} has type {column.type}, expected {field.type}"
+                )
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise SchemaError(
+                    f"{source}: column {field.name!r} cannot be read as {field.type}: {err}"
+                ) from err
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _castable(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if pa.types.is_null(actual):
+        return True
+    if pa.types.is_string(expected):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(actual)
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(actual) or pa.types.is_integer(actual)
+    return False

@@ -1,0 +1,137 @@
+"""Hugging Face `generate`: runs every architecture, the fallback for all of them.
+
+bf16 on GPU and fp32 on CPU by default; never fp16, which T5-family activations
+overflow. On CUDA OOM a batch is halved and retried, and the size that worked
+becomes the ceiling for later batches, so one long batch doesn't kill the job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from serve.engines.base import Capabilities, Engine, GenerationOptions
+
+logger = logging.getLogger(__name__)
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"Unsupported dtype: {dtype} (choose auto, bfloat16 or float32)")
+    return DTYPES[dtype]
+
+
+def load_model(path: str, *, dtype: torch.dtype, trust_remote_code: bool = False):
+    """Load weights from safetensors only, with the class the config calls for."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    return cls.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+
+
+class HFEngine(Engine):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "auto",
+        options: GenerationOptions | None = None,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ):
+        device = resolve_device(device)
+        model = load_model(
+            model_path, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self._setup(model.to(device), tokenizer, options or GenerationOptions())
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, options: GenerationOptions | None = None) -> HFEngine:
+        """Wrap an already loaded model (used for validation metrics after training)."""
+        engine = cls.__new__(cls)
+        engine._setup(model, tokenizer, options or GenerationOptions())
+        return engine
+
+    def _setup(self, model, tokenizer, options: GenerationOptions) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.options = options
+        self.encoder_decoder = bool(model.config.is_encoder_decoder)
+        if not self.encoder_decoder:
+            # Left padding keeps every prompt's last token next to its first new one.
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        self.device = str(model.device)
+        self.capabilities = Capabilities(
+            name="hf",
+            encoder_decoder=self.encoder_decoder,
+            truncates_sources=self.encoder_decoder,
+            device=self.device,
+        )
+        self.max_batch: int | None = None
+        self.generated_tokens = 0
+
+    def count_tokens(self, sources: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
+
+    def generate(self, sources: list[str]) -> list[str]:
+        limit = self.max_batch or len(sources)
+        outputs: list[str] = []
+        for start in range(0, len(sources), limit):
+            outputs += self._generate_with_backoff(sources[start : start + limit])
+        return outputs
+
+    def _generate_with_backoff(self, sources: list[str]) -> list[str]:
+        try:
+            return self._generate(sources)
+        except torch.cuda.OutOfMemoryError:
+            if len(sources) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(sources) // 2
+            self.max_batch = half
+            logger.warning("CUDA out of memory at batch %d; retrying at %d", len(sources), half)
+            return self._generate_with_backoff(sources[:half]) + self._generate_with_backoff(
+                sources[half:]
+            )
+
+    @torch.inference_mode()
+    def _generate(self, sources: list[str]) -> list[str]:
+        batch = self.tokenizer(
+            sources,
+            padding=True,
+            truncation=True,
+            max_length=self.options.max_source_length,
+            return_tensors="pt",
+        ).to(self.device)
+        output = self.model.generate(
+            **batch,
+            max_new_tokens=self.options.max_new_tokens,
+            min_new_tokens=self.options.min_new_tokens,
+            num_beams=self.options.num_beams,
+            do_sample=False,
+        )
+        if not self.encoder_decoder:
+            output = output[:, batch["input_ids"].shape[1] :]
+        pad = self.tokenizer.pad_token_id
+        self.generated_tokens += int((output != pad).sum())
+        return self.tokenizer.batch_decode(output, skip_special_tokens=True)
+
+    def close(self) -> None:
+        del self.model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,271 @@
+"""Exactly-once, resumable, sharded Parquet output for generation runs.
+
+An output directory holds:
+
+* ``part-XXXXX.parquet`` -- shard ``i`` holds input rows ``[i*R, (i+1)*R)`` with
+  ``R = rows_per_shard``. The caller maps rows to shards; the sink only gets ``(i, table)``.
+  Indices are zero-padded so lexical order (globs, ``ls``) equals index order.
+* ``manifest.json`` -- run parameters, ``rows_per_shard``, schema, one entry per written
+  shard (file, rows, caller stats) and, after ``finish``, ``num_shards`` and ``complete``.
+* ``.manifest.lock`` -- ``flock`` target that serializes manifest updates across ranks.
+
+Readers should glob ``part-*.parquet`` (the manifest is not Parquet).
+
+Exactly-once: a shard is written to ``.part-XXXXX.parquet.tmp`` in the same directory,
+fsynced, then ``os.replace``d to its final name. The rename is atomic on POSIX, so a final
+file is either absent or complete -- Parquet keeps its footer at the end, so a file that is
+appended to or written in place is unreadable if the process dies mid-write. A kill therefore
+leaves at most a hidden temp file, which the owning rank deletes when it restarts. The final
+file's existence is the source of truth for "done"; the manifest's shard table is
+informational and may lag by one shard per rank after a kill (``finish`` fills such gaps).
+
+Resume: a sink over a directory whose manifest has the same params, ``rows_per_shard`` and
+schema carries on and the caller skips ``done()`` shards. Anything different raises
+``ResumeMismatch`` unless ``overwrite=True``, which wipes the old run first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.schema import conform
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".manifest.lock"
+# Modest row groups let `datasets` and other streaming readers hold one group at a time.
+ROW_GROUP_ROWS = 10_000
+_PART = re.compile(r"part-(\d+)\.parquet")
+_TEMP = re.compile(r"\.part-(\d+)\.parquet\.tmp")
+
+
+class ResumeMismatch(ValueError):
+    """The output directory holds a run with different parameters."""
+
+
+def _part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: the new directory entry survives a power loss only once the
+    directory itself is flushed."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _indices(directory: Path, pattern: re.Pattern) -> dict[int, Path]:
+    found = {}
+    for path in directory.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+class ShardSink:
+    """Writes shards of one run into ``output_dir``; one instance per rank.
+
+    Ranks ``0..world_size-1`` may share the directory: rank ``r`` owns shards with
+    ``index % world_size == r``. Construction takes the directory lock, then either creates
+    the manifest, resumes, raises ``ResumeMismatch``, or (``overwrite=True`` with different
+    parameters) deletes the old shards, temp files and manifest and starts fresh.
+
+    Identical parameters always resume, even with ``overwrite=True``: when several ranks
+    start at once, the first one wipes the old run and writes the new manifest, and the
+    others must then join that run rather than wipe each other's fresh shards. To start
+    over with the same parameters, delete the directory.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        schema: pa.Schema,
+        params: dict,
+        rows_per_shard: int,
+        rank: int = 0,
+        world_size: int = 1,
+        overwrite: bool = False,
+    ):
+        if rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be >= 1")
+        if world_size < 1:
+            raise ValueError("world_size must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError("rank must be in [0, world_size)")
+        self.dir = Path(output_dir)
+        self.schema = schema
+        self.rows_per_shard = rows_per_shard
+        self.rank = rank
+        self.world_size = world_size
+        # Round-trip through JSON so tuples vs lists etc. compare equal to what a resumed
+        # run reads back from the manifest.
+        self._identity = {
+            "params": json.loads(json.dumps(params)),
+            "rows_per_shard": rows_per_shard,
+            "schema": {"names": schema.names, "types": [str(t) for t in schema.types]},
+        }
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            manifest = self._read_manifest()
+            if manifest is None and _indices(self.dir, _PART) and not overwrite:
+                raise ResumeMismatch(
+                    f"{self.dir} has part files but no {MANIFEST}, so their parameters are "
+                    "unknown; pass --overwrite or pick a new --output_dir"
+                )
+            diffs = self._diff(manifest) if manifest is not None else []
+            if diffs and not overwrite:
+                raise ResumeMismatch(
+                    f"{self.dir} holds a run with different parameters: {'; '.join(diffs)}. "
+                    "Pass --overwrite to replace it or pick a new --output_dir."
+                )
+            if manifest is None or diffs:
+                self._wipe()
+                now = _now()
+                self._write_manifest(
+                    {
+                        "format_version": FORMAT_VERSION,
+                        "created": now,
+                        "updated": now,
+                        **self._identity,
+                        "shards": {},
+                    }
+                )
+            # A killed writer leaves its temp file behind. Only the owner may delete one: a
+            # live rank could be writing any other temp file right now.
+            for index, path in _indices(self.dir, _TEMP).items():
+                if self.owns(index):
+                    path.unlink(missing_ok=True)
+
+    def owns(self, index: int) -> bool:
+        return index % self.world_size == self.rank
+
+    def done(self) -> set[int]:
+        """Indices whose final part file exists (by any rank)."""
+        return set(_indices(self.dir, _PART))
+
+    def write(self, index: int, table: pa.Table, stats: dict | None = None) -> Path:
+        """Atomically write shard ``index`` and record it in the manifest.
+
+        The table is cast to the sink schema so a shard whose column is all null keeps the
+        declared type; missing, extra or uncastable columns raise ``ValueError``.
+        """
+        if index < 0 or not self.owns(index):
+            raise ValueError(f"rank {self.rank} of {self.world_size} does not own shard {index}")
+        if table.num_rows > self.rows_per_shard:
+            raise ValueError(
+                f"shard {index} has {table.num_rows} rows, more than rows_per_shard "
+                f"{self.rows_per_shard}"
+            )
+        extra = sorted(set(table.column_names) - set(self.schema.names))
+        if extra:
+            raise ValueError(f"shard {index}: unexpected column {extra[0]!r}")
+        table = conform(table, self.schema, source=f"shard {index}")
+        # Fail before writing, not after the shard is already renamed into place.
+        stats = json.loads(json.dumps(stats or {}))
+        final = self.dir / _part_name(index)
+        if final.exists():
+            raise FileExistsError(f"shard {index} is already written: {final}")
+        temp = self.dir / f".{final.name}.tmp"
+        with open(temp, "wb") as f:
+            pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+        _fsync_dir(self.dir)
+        with self._locked():
+            manifest = self._read_manifest()
+            manifest["shards"][str(index)] = {
+                "file": final.name,
+                "rows": table.num_rows,
+                "stats": stats,
+            }
+            manifest["updated"] = _now()
+            self._write_manifest(manifest)
+        return final
+
+    def finish(self, num_shards: int) -> dict:
+        """Record ``num_shards`` and whether shards ``0..num_shards-1`` all exist.
+
+        Safe to call from every rank: each call recomputes ``complete`` from the files, so
+        the last rank to finish marks the run complete. Shards whose manifest entry was lost
+        to a kill (renamed, not yet recorded) are re-entered without stats.
+        """
+        with self._locked():
+            manifest = self._read_manifest()
+            for index, path in _indices(self.dir, _PART).items():
+                manifest["shards"].setdefault(
+                    str(index),
+                    {"file": path.name, "rows": pq.read_metadata(path).num_rows, "stats": {}},
+                )
+            manifest["num_shards"] = num_shards
+            manifest["complete"] = set(range(num_shards)) <= self.done()
+            manifest["updated"] = _now()
+            self._write_manifest(manifest)
+        return manifest
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # flock is per open file description, so it excludes other processes (and other
+        # sinks in this process); closing the file releases it, even on a crash.
+        with open(self.dir / LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _read_manifest(self) -> dict | None:
+        path = self.dir / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _write_manifest(self, manifest: dict) -> None:
+        # Temp file + rename so a kill mid-write leaves the previous manifest, never half a
+        # JSON document. Callers hold the lock, so one temp name suffices.
+        manifest["shards"] = dict(sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])))
+        temp = self.dir / f".{MANIFEST}.tmp"
+        with open(temp, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self.dir / MANIFEST)
+        _fsync_dir(self.dir)
+
+    def _diff(self, manifest: dict) -> list[str]:
+        """``key: old -> new`` for each run parameter that differs from the manifest's."""
+        unset = "<unset>"
+        old, new = manifest.get("params", {}), self._identity["params"]
+        pairs = [(k, old.get(k, unset), new.get(k, unset)) for k in sorted(old.keys() | new.keys())]
+        pairs += [
+            (k, manifest.get(k, unset), self._identity[k]) for k in ("rows_per_shard", "schema")
+        ]
+        return [f"{key}: {a!r} -> {b!r}" for key, a, b in pairs if a != b]
+
+    def _wipe(self) -> None:
+        for pattern in (_PART, _TEMP):
+            for path in _indices(self.dir, pattern).values():
+                path.unlink()
+        (self.dir / MANIFEST).unlink(missing_ok=True)
+
+
+def read_output(output_dir: str | os.PathLike) -> pa.Table:
+    """All shards of ``output_dir`` concatenated in index order."""
+    parts = _indices(Path(output_dir), _PART)
+    if not parts:
+        raise FileNotFoundError(f"no part-*.parquet files in {output_dir}")
+    return pa.concat_tables(pq.read_table(parts[i]) for i in sorted(parts))
