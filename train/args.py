@@ -104,8 +104,15 @@ class LoraArguments:
         return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
 
 
+ZERO3_CONFIG = str(Path(__file__).resolve().parents[1] / "deepspeed_configs" / "zero3.json")
+
+
 @dataclass
 class TrainingArguments(Seq2SeqTrainingArguments):
+    deepspeed: str | None = field(
+        default=ZERO3_CONFIG,
+        metadata={"help": "DeepSpeed JSON config (default: ZeRO-3); zero3_offload.json offloads."},
+    )
     config: str | None = field(
         default=None, metadata={"help": "YAML file of values; command-line flags override it."}
     )
@@ -136,25 +143,31 @@ def rewrite_original_flags(argv: list[str]) -> list[str]:
 
 
 def parse(argv: list[str] | None = None, **defaults):
-    """Return (model, data, lora, training) arguments from YAML + command line.
+    """Return (model, data, lora, training) arguments from YAML + command line."""
+    argv = rewrite_original_flags(sys.argv[1:] if argv is None else argv)
+    return parse_with_config(ARGUMENT_CLASSES, argv, **defaults)
+
+
+def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults):
+    """Parse dataclasses from `--config FILE.yaml` plus flags.
 
     Precedence: command line, then the YAML file, then `defaults`, then the fields.
     """
-    argv = rewrite_original_flags(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(classes)
     parser.set_defaults(**defaults)
     config_path = _config_path(argv)
     if config_path:
-        parser.set_defaults(**load_config(config_path))
+        parser.set_defaults(**load_config(config_path, classes))
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def load_config(path: str) -> dict:
+def load_config(path: str, classes: tuple = ARGUMENT_CLASSES) -> dict:
     """Read a YAML config, refusing keys no argument class defines."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"--config: file not found: {path}")
     values = yaml.safe_load(Path(path).read_text()) or {}
-    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    known = {f.name for cls in classes for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; see `--help` for the valid names")

@@ -40,7 +40,8 @@ from transformers.integrations.deepspeed import (
     is_deepspeed_zero3_enabled,
     unset_hf_deepspeed_config,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from data.loaders import load_curated
 from data.prompts import SourceTemplate, make_pairs
@@ -153,7 +154,7 @@ def resolve_checkpoint(training_args) -> str | None:
     """
     output = Path(training_args.output_dir)
     requested = training_args.resume_from_checkpoint
-    last = get_last_checkpoint(str(output)) if output.is_dir() else None
+    last = last_complete_checkpoint(output)
     if requested and requested != "auto":
         if not Path(requested).is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint: no such directory: {requested}")
@@ -172,6 +173,26 @@ def resolve_checkpoint(training_args) -> str | None:
             "pass --overwrite_output_dir true to train into it anyway"
         )
     return None
+
+
+def last_complete_checkpoint(output: Path) -> str | None:
+    """The newest checkpoint whose save finished.
+
+    The Trainer writes trainer_state.json last, after the adapter, the DeepSpeed
+    shards and the RNG states; a run killed mid-save leaves a newer directory
+    without it, which must not be picked for resume.
+    """
+    steps = sorted(output.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=_step, reverse=True)
+    for path in steps:
+        if (path / TRAINER_STATE_NAME).is_file():
+            return str(path)
+        logger.warning("ignoring %s: its save did not finish", path)
+    return None
+
+
+def _step(path: Path) -> int:
+    suffix = path.name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def check_precision(config, training_args) -> None:

@@ -1,0 +1,200 @@
+"""vLLM: continuous-batching inference for decoder-only models (Llama and the like).
+
+vLLM no longer runs encoder-decoder models other than Whisper, so T5/UL2 and BART
+go to the ctranslate2 or hf engines. One `LLM` per process: vLLM starts its engine
+core in a child process, so a script that builds this engine needs an
+`if __name__ == "__main__":` guard.
+
+Prompts are tokenized here with the model's Hugging Face tokenizer and handed to
+vLLM as token ids, and outputs are decoded by the same tokenizer, so
+`count_tokens` is exactly what the model sees and the text matches the hf engine
+token for token. Decoding is greedy (temperature 0); beam search is refused.
+
+A prompt is never cut (`truncates_sources=False`): the planner turns a source over
+`max_source_length` into a per-row error. One that fits that limit but not
+`max_model_len` makes `generate` raise before anything is queued, and the planner
+retries the batch row by row, so only that row fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from transformers import AutoConfig, AutoTokenizer
+
+from serve.engines.base import Capabilities, Engine, GenerationOptions
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "bfloat16", "float32")
+CPU_KV_CACHE_BYTES = 2 << 30
+_MAX_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_max_length(config) -> int | None:
+    for key in _MAX_LENGTH_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _pin_cuda_device(index: int) -> None:
+    """Run on GPU `index` (of those visible): vLLM takes its device from CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(index + 1)]
+    if not 0 <= index < len(ids):
+        raise ValueError(f"cuda:{index} is not among the visible devices ({visible})")
+    if ids == [ids[index]]:
+        return
+    if torch.cuda.is_initialized():
+        raise RuntimeError(
+            f"cuda:{index} for vLLM must be chosen before CUDA starts in this process; "
+            f"set CUDA_VISIBLE_DEVICES={ids[index]} instead"
+        )
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[index]
+
+
+class VLLMEngine(Engine):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "auto",
+        options: GenerationOptions | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_memory_bytes: int | None = None,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+        llm_kwargs: dict | None = None,
+    ):
+        """`dtype`: auto (bfloat16 on CUDA, float32 on CPU, as the hf engine), bfloat16 or
+        float32. `max_model_len`: prompt + output tokens per sequence (default:
+        max_source_length + max_new_tokens, capped at the model's position limit).
+        `gpu_memory_utilization`: on CPU vLLM reads it as the fraction of RAM to reserve,
+        so there the KV cache is sized by `kv_cache_memory_bytes` instead (default
+        `CPU_KV_CACHE_BYTES`, or `VLLM_CPU_KVCACHE_SPACE` GiB when that is set).
+        `llm_kwargs`: further `vllm.LLM` arguments."""
+        self.options = options or GenerationOptions()
+        if self.options.num_beams > 1:
+            raise ValueError(
+                "the vllm engine decodes greedily only (num_beams=1); for beam search use "
+                "--engine hf (or --engine ctranslate2 for encoder-decoder models)"
+            )
+        if dtype not in DTYPES:
+            raise ValueError(f"Unsupported dtype: {dtype} (choose {', '.join(DTYPES)})")
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        if config.is_encoder_decoder:
+            raise ValueError(
+                f"vLLM has dropped encoder-decoder models (other than Whisper), so it cannot "
+                f"run {model_path} ({config.model_type}): use --engine ctranslate2 or --engine hf"
+            )
+        if max_model_len is None:
+            max_model_len = self.options.max_source_length + self.options.max_new_tokens
+            limit = model_max_length(config)
+            if limit is not None and limit < max_model_len:
+                logger.warning(
+                    "max_model_len capped at the model's %d positions: a prompt near "
+                    "max_source_length=%d gets fewer than max_new_tokens=%d new tokens",
+                    limit,
+                    self.options.max_source_length,
+                    self.options.max_new_tokens,
+                )
+                max_model_len = limit
+        elif max_model_len < self.options.max_source_length + self.options.max_new_tokens:
+            logger.warning(
+                "max_model_len=%d < max_source_length + max_new_tokens (%d): longer prompts "
+                "fail or get fewer new tokens",
+                max_model_len,
+                self.options.max_source_length + self.options.max_new_tokens,
+            )
+
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        kind, _, index = device.partition(":")
+        if kind == "cuda" and index:
+            _pin_cuda_device(int(index))
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        platform = current_platform.device_type  # "cuda", "cpu", ...
+        if device != "auto" and kind != platform:
+            raise ValueError(f"this vLLM build runs on {platform}, not {device}")
+        if dtype == "auto":
+            dtype = "bfloat16" if platform == "cuda" else "float32"
+        if (
+            kv_cache_memory_bytes is None
+            and platform == "cpu"
+            and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        ):
+            kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_path, trust_remote_code=trust_remote_code
+        )
+        self.llm = LLM(
+            model=str(model_path),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            **(llm_kwargs or {}),
+        )
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.dtype = dtype
+        self.capabilities = Capabilities(
+            name="vllm",
+            encoder_decoder=False,
+            truncates_sources=False,
+            device=device if device != "auto" else platform,
+        )
+        self.generated_tokens = 0
+
+    def count_tokens(self, sources: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
+
+    def generate(self, sources: list[str]) -> list[str]:
+        if not sources:
+            return []
+        from vllm import SamplingParams
+
+        ids = self.tokenizer(sources)["input_ids"]
+        for row in ids:
+            # vLLM needs room for at least one new token; check all before queuing any.
+            if len(row) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt has {len(row)} tokens; max_model_len={self.max_model_len} "
+                    f"leaves no room to generate"
+                )
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=self.options.max_new_tokens,
+            min_tokens=self.options.min_new_tokens,
+            detokenize=False,
+        )
+        results = self.llm.generate(
+            [{"prompt_token_ids": row} for row in ids], params, use_tqdm=False
+        )
+        outputs = []
+        for result in results:
+            token_ids = list(result.outputs[0].token_ids)
+            self.generated_tokens += len(token_ids)
+            outputs.append(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+        return outputs
+
+    def close(self) -> None:
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            engine_core = getattr(llm.llm_engine, "engine_core", None)
+            if engine_core is not None and hasattr(engine_core, "shutdown"):
+                engine_core.shutdown()
+            del llm

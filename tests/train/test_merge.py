@@ -1,0 +1,298 @@
+"""train.merge on the tiny T5 and Llama adapters from real ZeRO-3 runs.
+
+The merges of the session fixture run through the CLI (`merged_models`); refusals and
+small variations call `train.merge.cli` in-process, which is what `python -m
+train.merge` runs, to save a Python start-up per case. The equivalence check loads
+the merged checkpoints in a fresh process, as translate-mined will.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import T5Config, T5ForConditionalGeneration
+
+from serve.engines.hf import load_model
+from train import merge
+
+# Runs in a fresh interpreter: for each kind, base + adapter (PeftModel) and the merged
+# checkpoint, fp32, on 20 test-split sources formatted with the merged model's template.
+# Compares logits on the adapter model's greedy outputs, then the greedy outputs.
+EQUIVALENCE_SCRIPT = """
+import json, sys
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer
+from data.loaders import load_curated
+from data.prompts import SourceTemplate
+from serve.engines.hf import load_model
+from train.merge import TOLERANCE
+
+cases, test_file = json.loads(sys.argv[1]), sys.argv[2]
+rows = load_curated(test_file, split="test").select(["intent", "snippet"]).to_pylist()
+results = {}
+for kind, (base, adapter, merged) in cases.items():
+    template = SourceTemplate.load(merged)
+    sources = [template.format(r["intent"], r["snippet"]) for r in rows[:20]]
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    merged_model = load_model(merged, dtype=torch.float32).eval()
+    adapter_model = PeftModel.from_pretrained(load_model(base, dtype=torch.float32), adapter)
+    adapter_model.eval()
+    encoder_decoder = merged_model.config.is_encoder_decoder
+    tokenizer.padding_side = "right" if encoder_decoder else "left"
+    batch = tokenizer(sources, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        outputs = [
+            model.generate(**batch, min_new_tokens=8, max_new_tokens=24, do_sample=False)
+            for model in (adapter_model, merged_model)
+        ]
+        if encoder_decoder:
+            inputs = dict(batch, decoder_input_ids=outputs[0])
+        else:
+            new = outputs[0].shape[1] - batch["input_ids"].shape[1]
+            generated = torch.ones(len(sources), new, dtype=torch.long)
+            mask = torch.cat([batch["attention_mask"], generated], 1)
+            inputs = {"input_ids": outputs[0], "attention_mask": mask}
+        adapter_logits = adapter_model(**inputs).logits
+        new_tokens = outputs[0][:, 1 if encoder_decoder else batch["input_ids"].shape[1] :]
+        merged_logits = merged_model(**inputs).logits
+    scale = max(1.0, float(adapter_logits.abs().max()))
+    results[kind] = {
+        "n_inputs": len(sources),
+        "max_abs_diff": float((merged_logits - adapter_logits).abs().max()),
+        "tolerance": TOLERANCE["float32"] * scale,
+        "identical_generations": sum(a.tolist() == m.tolist() for a, m in zip(*outputs)),
+        # Real tokens after the prompt (causal) or decoder start: the outputs are not empty.
+        "generated_tokens": int((new_tokens != tokenizer.pad_token_id).sum()),
+    }
+print(json.dumps(results))
+"""
+
+
+def merge_cli(capsys, *argv) -> tuple[int, str]:
+    """Run the CLI entry point in-process; return (exit code, stderr)."""
+    capsys.readouterr()
+    code = merge.cli([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def copy_adapter(run_dir: Path, tmp_path: Path) -> Path:
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run_dir / "adapter", adapter)
+    return adapter
+
+
+def assert_nothing_written(output: Path) -> None:
+    assert not output.exists()
+    assert not list(output.parent.glob(f".{output.name}.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_merge_writes_a_complete_verified_checkpoint(kind, merged_models, tiny_models):
+    output = merged_models[kind]
+    report = json.loads((output / "merge_report.json").read_text())
+    verification = report["verification"]
+    assert verification["passed"] and verification["n_inputs"] >= 4
+    assert verification["max_abs_diff"] <= verification["tolerance"]
+    # The check means something only if the adapter moves the logits beyond tolerance.
+    assert verification["adapter_effect_max_abs"] > 10 * verification["tolerance"]
+    assert report["base"] == str(tiny_models[kind]) and report["dtype"] == "float32"
+    assert report["peak_rss_mb"] > 0 and report["wall_seconds"] > 0
+    assert report["shards"] and all((output / s).is_file() for s in report["shards"])
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "README.md"):
+        assert (output / name).is_file(), name
+    template = json.loads((output / "source_template.json").read_text())
+    adapter_template = json.loads((Path(report["adapter"]) / "source_template.json").read_text())
+    assert template == adapter_template
+    card = (output / "README.md").read_text()
+    assert str(tiny_models[kind]) in card and report["adapter"] in card
+    assert json.dumps(template["template"]) in card
+    assert "eval loss" in card and "BLEU" in card  # from the run's metrics.json
+    assert not list(output.parent.glob(f".{output.name}.*"))  # no staging left behind
+
+
+@pytest.mark.slow
+def test_merged_models_match_adapter_models_in_a_fresh_process(
+    merged_models, trained_t5, trained_llama, tiny_models, fixture_dir
+):
+    cases = {
+        "t5": [tiny_models["t5"], trained_t5 / "adapter", merged_models["t5"]],
+        "llama": [tiny_models["llama"], trained_llama / "adapter", merged_models["llama"]],
+    }
+    cases = {kind: [str(p) for p in paths] for kind, paths in cases.items()}
+    proc = run(
+        [
+            sys.executable,
+            "-c",
+            EQUIVALENCE_SCRIPT,
+            json.dumps(cases),
+            fixture_dir / "conala-test.json",
+        ]
+    )
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for kind, result in results.items():
+        assert result["n_inputs"] == 20, kind
+        assert result["max_abs_diff"] <= result["tolerance"], (kind, result)
+        assert result["identical_generations"] == 20, (kind, result)
+        assert result["generated_tokens"] >= 20 * 8, (kind, result)
+
+
+@pytest.mark.slow
+def test_small_max_shard_size_writes_several_shards_that_load_back(
+    capsys, tmp_path, trained_t5, merged_models
+):
+    output = tmp_path / "sharded"
+    code, err = merge_cli(
+        capsys,
+        "--adapter",
+        trained_t5 / "adapter",
+        "--output",
+        output,
+        "--dtype",
+        "float32",
+        "--max_shard_size",
+        "200KB",
+    )
+    assert code == 0, err
+    shards = sorted(output.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (output / "model.safetensors.index.json").is_file()
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as handle:
+            assert list(handle.keys())  # noqa: SIM118 - no empty shard
+    sharded = load_model(str(output), dtype=torch.float32).state_dict()
+    single = load_model(str(merged_models["t5"]), dtype=torch.float32).state_dict()
+    assert sharded.keys() == single.keys()
+    assert all(torch.equal(sharded[k], single[k]) for k in single)
+
+
+@pytest.mark.slow
+def test_refuses_a_llama_base_for_a_t5_adapter(capsys, tmp_path, trained_t5, tiny_models):
+    output = tmp_path / "out"
+    code, err = merge_cli(
+        capsys,
+        "--adapter",
+        trained_t5 / "adapter",
+        "--output",
+        output,
+        "--base",
+        tiny_models["llama"],
+    )
+    assert code == 1
+    assert "--base" in err and "decoder-only" in err and "SEQ_2_SEQ_LM" in err
+    assert str(tiny_models["t5"]) in err  # names the base the adapter was trained on
+    assert_nothing_written(output)
+
+
+@pytest.mark.slow
+def test_refuses_a_t5_base_of_another_width(capsys, tmp_path, trained_t5):
+    base = tmp_path / "t5-narrow"
+    config = T5Config(
+        vocab_size=2048,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-silu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(base)
+    output = tmp_path / "out"
+    code, err = merge_cli(
+        capsys, "--adapter", trained_t5 / "adapter", "--output", output, "--base", base
+    )
+    assert code == 1
+    assert "does not match the adapter" in err and "in_features=128, base has 64" in err
+    assert_nothing_written(output)
+
+
+@pytest.mark.slow
+def test_refuses_an_adapter_of_empty_tensors(capsys, tmp_path, trained_t5):
+    adapter = copy_adapter(trained_t5, tmp_path)
+    weights = adapter / "adapter_model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())  # noqa: SIM118
+    save_file({key: torch.empty(0) for key in keys}, str(weights))
+    output = tmp_path / "out"
+    code, err = merge_cli(capsys, "--adapter", adapter, "--output", output)
+    assert code == 1
+    assert f"{len(keys)} tensors with 0 elements" in err
+    assert_nothing_written(output)
+
+
+@pytest.mark.slow
+def test_refuses_a_truncated_adapter(capsys, tmp_path, trained_t5):
+    adapter = copy_adapter(trained_t5, tmp_path)
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    output = tmp_path / "out"
+    code, err = merge_cli(capsys, "--adapter", adapter, "--output", output)
+    assert code == 1
+    assert "cannot be read as safetensors" in err
+    assert_nothing_written(output)
+
+
+@pytest.mark.slow
+def test_existing_output_needs_overwrite(capsys, tmp_path, trained_llama):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("someone's work")
+    args = ["--adapter", trained_llama / "adapter", "--output", output]
+    code, err = merge_cli(capsys, *args)
+    assert code == 1
+    assert "not empty" in err and "--overwrite" in err
+    assert (output / "keep.txt").is_file() and not (output / "config.json").exists()
+
+    code, err = merge_cli(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert not (output / "keep.txt").exists()
+    report = json.loads((output / "merge_report.json").read_text())
+    assert report["dtype"] == "bfloat16" and report["verification"]["passed"]
+
+
+def test_refuses_fp16(capsys, tmp_path):
+    code, err = merge_cli(
+        capsys,
+        "--adapter",
+        tmp_path / "adapter",
+        "--output",
+        tmp_path / "out",
+        "--dtype",
+        "float16",
+    )
+    assert code == 1
+    assert "--dtype float16 is refused" in err and "overflow" in err and "bfloat16" in err
+
+
+@pytest.mark.slow
+def test_push_without_login_keeps_the_local_merge(tmp_path, trained_llama):
+    output = tmp_path / "out"
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "train.merge",
+            "--adapter",
+            trained_llama / "adapter",
+            "--output",
+            output,
+            "--push_to_hub",
+            "someone/conala-merged",
+        ],
+        check=False,
+        HF_TOKEN="",
+        HUGGING_FACE_HUB_TOKEN="",
+        HF_TOKEN_PATH=tmp_path / "no-token",
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "not logged in" in proc.stderr and "hf auth login" in proc.stderr
+    assert "HF_TOKEN" in proc.stderr
+    assert json.loads((output / "merge_report.json").read_text())["verification"]["passed"]
