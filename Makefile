@@ -4,9 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-# train
+# train (NUM_GPUS defaults to 8 here, 1 for translate-mined)
 CONFIG ?= train/configs/ul2.yaml
-NUM_GPUS ?= 8
 HOSTFILE ?=
 ARGS ?=
 # merge
@@ -16,12 +15,11 @@ BASE ?=
 # translate-mined
 MODEL ?=
 ENGINE ?= auto
-INPUT ?= neulab/conala
-TRANSLATE_GPUS ?= 1
+INPUT ?=
 # demo
 DEMO_DIR ?= runs/demo
 
-.PHONY: help setup test lint format demo train merge translate-mined bench clean
+.PHONY: help setup lock test lint format demo train merge translate-mined bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,8 +36,28 @@ lint: setup  ## ruff check + format check
 format: setup  ## ruff format + autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+lock: setup  ## rewrite requirements-cpu.lock from the current .venv
+	{ head -2 requirements-cpu.lock; $(VENV)/bin/pip freeze; } > requirements-cpu.lock.new
+	mv requirements-cpu.lock.new requirements-cpu.lock
+
 demo: setup  ## whole pipeline offline on tiny models, into DEMO_DIR
-	@echo "make demo is not implemented yet (lands with the translate-mined stage)." >&2; exit 1
+	@DEMO_DIR=$(DEMO_DIR) VENV=$(VENV) scripts/demo.sh
+
+train: NUM_GPUS ?= 8
+train: setup  ## LoRA fine-tuning: CONFIG, NUM_GPUS | HOSTFILE, ARGS
+	$(VENV)/bin/deepspeed $(if $(HOSTFILE),--hostfile $(HOSTFILE),--num_gpus $(NUM_GPUS)) \
+	  --module train.finetune --config $(CONFIG) $(ARGS)
+
+merge: setup  ## fold an adapter into a bf16 checkpoint: ADAPTER, OUT, [BASE], ARGS
+	@test -n "$(ADAPTER)" -a -n "$(OUT)" || { echo "usage: make merge ADAPTER=runs/ul2/adapter OUT=runs/ul2/merged [BASE=...]" >&2; exit 2; }
+	$(PY) -m train.merge --adapter $(ADAPTER) --output $(OUT) $(if $(BASE),--base $(BASE)) $(ARGS)
+
+translate-mined: NUM_GPUS ?= 1
+translate-mined: setup  ## mined rows -> Parquet: MODEL, OUT, [ENGINE], [NUM_GPUS], [INPUT], ARGS
+	@test -n "$(MODEL)" -a -n "$(OUT)" || { echo "usage: make translate-mined MODEL=runs/ul2/merged OUT=runs/ul2/mined [ENGINE=auto] [NUM_GPUS=1]" >&2; exit 2; }
+	$(if $(filter-out 1,$(NUM_GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NUM_GPUS),$(PY)) \
+	  -m serve.translate --model $(MODEL) --output_dir $(OUT) --engine $(ENGINE) \
+	  $(if $(INPUT),--input $(INPUT)) $(ARGS)
 
 clean:  ## remove runs/ (not .venv)
 	rm -rf runs

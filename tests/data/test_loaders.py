@@ -128,8 +128,9 @@ def test_make_pairs_accounting():
 def test_tiny_models_load_and_generate_in_fresh_process(tiny_models):
     script = (
         "import sys\n"
-        "from transformers import AutoTokenizer, AutoModelForSeq2SeqLM, AutoModelForCausalLM\n"
-        "for path, cls in ((sys.argv[1], AutoModelForSeq2SeqLM), (sys.argv[2], AutoModelForCausalLM)):\n"
+        "from transformers import AutoTokenizer\n"
+        "from transformers import AutoModelForSeq2SeqLM as S, AutoModelForCausalLM as C\n"
+        "for path, cls in ((sys.argv[1], S), (sys.argv[2], C)):\n"
         "    tok = AutoTokenizer.from_pretrained(path)\n"
         "    model = cls.from_pretrained(path, use_safetensors=True)\n"
         "    batch = tok(['sort list `xs`\\nsorted(xs)'], return_tensors='pt')\n"
