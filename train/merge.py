@@ -68,6 +68,10 @@ logger = logging.getLogger("train.merge")
 # not measured here), while a missing or wrong merge, which moves logits by about the
 # adapter's effect (recorded as adapter_effect_max_abs), still fails.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+VERIFY_HINT = {
+    "bfloat16": "Retry with --dtype float32 to tell bf16 rounding from a broken merge.",
+    "float32": "In float32 that is not rounding: the merge is wrong (PEFT version, layer type?).",
+}
 
 # Fixed (intent, snippet, target) rows: sources are built with the adapter's template,
 # targets feed the decoder (or follow the prompt for causal LMs). One has no intent.
@@ -136,8 +140,8 @@ class MergeArguments:
     def __post_init__(self):
         if self.dtype in ("float16", "fp16", "half"):
             raise ValueError(
-                f"--dtype {self.dtype} is refused: T5/UL2 activations exceed fp16's range "
-                "(65504), so an fp16 merge produces inf/NaN outputs. Use --dtype bfloat16 "
+                f"--dtype {self.dtype} is refused: T5/UL2 activations overflow fp16 (max "
+                "65504), so an fp16 merge produces inf/NaN outputs. Use --dtype bfloat16 "
                 "(the default, same size) or --dtype float32."
             )
         if self.dtype not in DTYPES:
@@ -344,8 +348,7 @@ def merge_and_verify(model, tokenizer, template: SourceTemplate, args: MergeArgu
         raise MergeError(
             f"verification failed: merged logits differ from the adapter model's by "
             f"{verification['max_abs_diff']:.3g} (tolerance {verification['tolerance']:.3g}, "
-            f"dtype {args.dtype}); nothing was written. Retry with --dtype float32 to tell "
-            "rounding from a broken merge."
+            f"dtype {args.dtype}); nothing was written. {VERIFY_HINT[args.dtype]}"
         )
     if verification["adapter_effect_max_abs"] <= verification["tolerance"]:
         logger.warning(
