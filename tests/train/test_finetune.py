@@ -93,7 +93,9 @@ def test_resume_after_kill_continues_from_checkpoint(tiny_models, fixture_dir, t
     resumed = run([str(a) for a in args] + ["--resume_from_checkpoint", "auto"], timeout=900)
     state = json.loads((out / "checkpoint-30" / "trainer_state.json").read_text())
     assert state["global_step"] == 30
-    assert "Continuing training from global step 10" in resumed.stdout + resumed.stderr
+    log = resumed.stdout + resumed.stderr
+    assert f"resuming from {out / 'checkpoint-10'}" in log
+    assert "Resuming training from checkpoint with epoch 0 and global step 10" in log
     assert check_adapter(out / "adapter")["lora_b_max_abs"] > 0
 
 
