@@ -301,16 +301,42 @@ def translate(args, sources, template, engine_name, options, sink, rank) -> dict
 
 
 def load_engine(args, engine_name: str, options: GenerationOptions) -> Engine:
+    device = local_device(args.device)
     specific = {
-        "hf": {"dtype": args.dtype, "trust_remote_code": args.trust_remote_code},
-        "vllm": {"dtype": args.dtype, "trust_remote_code": args.trust_remote_code},
+        "hf": {"dtype": args.dtype},
+        "vllm": {"dtype": args.dtype},
         "ctranslate2": {
             "compute_type": args.compute_type,
             "cache_dir": str(Path(args.output_dir, ".ct2-cache")),
+            # Ranks sharing a CPU split its cores instead of oversubscribing them.
+            "intra_threads": None if device.startswith("cuda") else _cores_per_local_rank(),
         },
     }[engine_name]
-    logger.info("loading %s with engine %s", args.model, engine_name)
-    return create_engine(engine_name, args.model, device=args.device, options=options, **specific)
+    logger.info("loading %s with engine %s on %s", args.model, engine_name, device)
+    return create_engine(
+        engine_name,
+        args.model,
+        device=device,
+        options=options,
+        trust_remote_code=args.trust_remote_code,
+        **specific,
+    )
+
+
+def local_device(device: str) -> str:
+    """`auto` means this rank's own GPU (LOCAL_RANK, as launchers set it), else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def _cores_per_local_rank() -> int:
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, len(os.sched_getaffinity(0)) // local_world)
 
 
 def translate_shard(engine, table: pa.Table, template: SourceTemplate, args, on_rows):

@@ -120,8 +120,12 @@ def convert(
     with _locked(target.with_name(target.name + ".lock")):
         if (target / CACHE_MARKER).is_file():  # another process converted it meanwhile
             return target
-        if target.exists():  # no marker: left by an older, interrupted layout
-            shutil.rmtree(target)
+        # Without the marker, or as a temporary directory, it is a killed conversion
+        # (a live one would hold the lock): free the space before converting.
+        for stale in [target, *target.parent.glob(target.name + ".tmp-*")]:
+            if stale.exists():
+                logger.warning("removing incomplete conversion %s", stale)
+                shutil.rmtree(stale)
         import ctranslate2
 
         started = time.monotonic()
