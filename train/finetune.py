@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["generation"] = generation_eval(
             model_args, data_args, tokenizer, adapter_dir, eval_pairs
         )
-    write_reports(trainer, training_args, metrics, seconds, partition, train_set, config)
+    write_reports(trainer, training_args, data_args, metrics, seconds, partition, train_set, config)
     barrier()
 
 
@@ -365,7 +365,9 @@ def eval_loss_curve(trainer) -> list[dict]:
     ]
 
 
-def write_reports(trainer, training_args, metrics, seconds, partition, train_set, config) -> None:
+def write_reports(
+    trainer, training_args, data_args, metrics, seconds, partition, train_set, config
+) -> None:
     collator = trainer.data_collator
     counts = torch.tensor(
         [collator.real_tokens, collator.total_tokens, trainer.state.global_step],
@@ -404,6 +406,8 @@ def write_reports(trainer, training_args, metrics, seconds, partition, train_set
         "peak_memory_mb": peak_memory_mb(),
         "partition_after_load": partitions,
         "world_size": training_args.world_size,
+        "train_file": data_args.train_file,
+        "validation_file": data_args.validation_file,
     }
     output.joinpath("train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("wrote %s and %s", output / "metrics.json", output / "train_summary.json")

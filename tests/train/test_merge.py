@@ -52,6 +52,7 @@ for kind, (base, adapter, merged) in cases.items():
             model.generate(**batch, min_new_tokens=8, max_new_tokens=24, do_sample=False)
             for model in (adapter_model, merged_model)
         ]
+        new_tokens = outputs[0][:, 1 if encoder_decoder else batch["input_ids"].shape[1] :]
         if encoder_decoder:
             inputs = dict(batch, decoder_input_ids=outputs[0])
         else:
@@ -60,7 +61,6 @@ for kind, (base, adapter, merged) in cases.items():
             mask = torch.cat([batch["attention_mask"], generated], 1)
             inputs = {"input_ids": outputs[0], "attention_mask": mask}
         adapter_logits = adapter_model(**inputs).logits
-        new_tokens = outputs[0][:, 1 if encoder_decoder else batch["input_ids"].shape[1] :]
         merged_logits = merged_model(**inputs).logits
     scale = max(1.0, float(adapter_logits.abs().max()))
     results[kind] = {
@@ -75,10 +75,18 @@ print(json.dumps(results))
 """
 
 
-def merge_cli(capsys, *argv) -> tuple[int, str]:
+def flags(**values) -> list[str]:
+    """`adapter=p, overwrite=True` -> ["--adapter", "p", "--overwrite"]."""
+    argv = []
+    for name, value in values.items():
+        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return argv
+
+
+def merge_cli(capsys, **values) -> tuple[int, str]:
     """Run the CLI entry point in-process; return (exit code, stderr)."""
     capsys.readouterr()
-    code = merge.cli([str(a) for a in argv])
+    code = merge.cli(flags(**values))
     return code, capsys.readouterr().err
 
 
@@ -90,7 +98,7 @@ def copy_adapter(run_dir: Path, tmp_path: Path) -> Path:
 
 def assert_nothing_written(output: Path) -> None:
     assert not output.exists()
-    assert not list(output.parent.glob(f".{output.name}.*"))
+    assert not list(output.parent.glob(f".{output.name}.*"))  # no staging dir either
 
 
 @pytest.mark.slow
@@ -126,17 +134,11 @@ def test_merged_models_match_adapter_models_in_a_fresh_process(
         "t5": [tiny_models["t5"], trained_t5 / "adapter", merged_models["t5"]],
         "llama": [tiny_models["llama"], trained_llama / "adapter", merged_models["llama"]],
     }
-    cases = {kind: [str(p) for p in paths] for kind, paths in cases.items()}
-    proc = run(
-        [
-            sys.executable,
-            "-c",
-            EQUIVALENCE_SCRIPT,
-            json.dumps(cases),
-            fixture_dir / "conala-test.json",
-        ]
-    )
+    cases = json.dumps({kind: [str(p) for p in paths] for kind, paths in cases.items()})
+    test_file = fixture_dir / "conala-test.json"
+    proc = run([sys.executable, "-c", EQUIVALENCE_SCRIPT, cases, test_file])
     results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results.keys() == {"t5", "llama"}
     for kind, result in results.items():
         assert result["n_inputs"] == 20, kind
         assert result["max_abs_diff"] <= result["tolerance"], (kind, result)
@@ -151,14 +153,10 @@ def test_small_max_shard_size_writes_several_shards_that_load_back(
     output = tmp_path / "sharded"
     code, err = merge_cli(
         capsys,
-        "--adapter",
-        trained_t5 / "adapter",
-        "--output",
-        output,
-        "--dtype",
-        "float32",
-        "--max_shard_size",
-        "200KB",
+        adapter=trained_t5 / "adapter",
+        output=output,
+        dtype="float32",
+        max_shard_size="200KB",
     )
     assert code == 0, err
     shards = sorted(output.glob("model-*.safetensors"))
@@ -176,13 +174,7 @@ def test_small_max_shard_size_writes_several_shards_that_load_back(
 def test_refuses_a_llama_base_for_a_t5_adapter(capsys, tmp_path, trained_t5, tiny_models):
     output = tmp_path / "out"
     code, err = merge_cli(
-        capsys,
-        "--adapter",
-        trained_t5 / "adapter",
-        "--output",
-        output,
-        "--base",
-        tiny_models["llama"],
+        capsys, adapter=trained_t5 / "adapter", output=output, base=tiny_models["llama"]
     )
     assert code == 1
     assert "--base" in err and "decoder-only" in err and "SEQ_2_SEQ_LM" in err
@@ -206,9 +198,7 @@ def test_refuses_a_t5_base_of_another_width(capsys, tmp_path, trained_t5):
     )
     T5ForConditionalGeneration(config).save_pretrained(base)
     output = tmp_path / "out"
-    code, err = merge_cli(
-        capsys, "--adapter", trained_t5 / "adapter", "--output", output, "--base", base
-    )
+    code, err = merge_cli(capsys, adapter=trained_t5 / "adapter", output=output, base=base)
     assert code == 1
     assert "does not match the adapter" in err and "in_features=128, base has 64" in err
     assert_nothing_written(output)
@@ -222,7 +212,7 @@ def test_refuses_an_adapter_of_empty_tensors(capsys, tmp_path, trained_t5):
         keys = list(handle.keys())  # noqa: SIM118
     save_file({key: torch.empty(0) for key in keys}, str(weights))
     output = tmp_path / "out"
-    code, err = merge_cli(capsys, "--adapter", adapter, "--output", output)
+    code, err = merge_cli(capsys, adapter=adapter, output=output)
     assert code == 1
     assert f"{len(keys)} tensors with 0 elements" in err
     assert_nothing_written(output)
@@ -234,7 +224,7 @@ def test_refuses_a_truncated_adapter(capsys, tmp_path, trained_t5):
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     output = tmp_path / "out"
-    code, err = merge_cli(capsys, "--adapter", adapter, "--output", output)
+    code, err = merge_cli(capsys, adapter=adapter, output=output)
     assert code == 1
     assert "cannot be read as safetensors" in err
     assert_nothing_written(output)
@@ -245,13 +235,13 @@ def test_existing_output_needs_overwrite(capsys, tmp_path, trained_llama):
     output = tmp_path / "out"
     output.mkdir()
     (output / "keep.txt").write_text("someone's work")
-    args = ["--adapter", trained_llama / "adapter", "--output", output]
-    code, err = merge_cli(capsys, *args)
+    args = {"adapter": trained_llama / "adapter", "output": output}
+    code, err = merge_cli(capsys, **args)
     assert code == 1
     assert "not empty" in err and "--overwrite" in err
     assert (output / "keep.txt").is_file() and not (output / "config.json").exists()
 
-    code, err = merge_cli(capsys, *args, "--overwrite")
+    code, err = merge_cli(capsys, **args, overwrite=True)
     assert code == 0, err
     assert not (output / "keep.txt").exists()
     report = json.loads((output / "merge_report.json").read_text())
@@ -260,13 +250,7 @@ def test_existing_output_needs_overwrite(capsys, tmp_path, trained_llama):
 
 def test_refuses_fp16(capsys, tmp_path):
     code, err = merge_cli(
-        capsys,
-        "--adapter",
-        tmp_path / "adapter",
-        "--output",
-        tmp_path / "out",
-        "--dtype",
-        "float16",
+        capsys, adapter=tmp_path / "adapter", output=tmp_path / "out", dtype="float16"
     )
     assert code == 1
     assert "--dtype float16 is refused" in err and "overflow" in err and "bfloat16" in err
@@ -275,18 +259,12 @@ def test_refuses_fp16(capsys, tmp_path):
 @pytest.mark.slow
 def test_push_without_login_keeps_the_local_merge(tmp_path, trained_llama):
     output = tmp_path / "out"
+    push = flags(
+        adapter=trained_llama / "adapter", output=output, push_to_hub="someone/conala-merged"
+    )
+    # No token anywhere: empty env vars count as unset, and the token file is absent.
     proc = run(
-        [
-            sys.executable,
-            "-m",
-            "train.merge",
-            "--adapter",
-            trained_llama / "adapter",
-            "--output",
-            output,
-            "--push_to_hub",
-            "someone/conala-merged",
-        ],
+        [sys.executable, "-m", "train.merge", *push],
         check=False,
         HF_TOKEN="",
         HUGGING_FACE_HUB_TOKEN="",
