@@ -179,7 +179,8 @@ def test_all_error_shard_keeps_declared_types(tmp_path, tiny_models):
     part = pq.read_table(tmp_path / "out" / "part-00000.parquet")
     assert part.schema == OUTPUT_SCHEMA
     assert part.column("rewritten_intent").null_count == 600
-    assert pd.read_parquet(tmp_path / "out")["rewritten_intent"].isna().all()
+    frame = pd.read_parquet(sorted((tmp_path / "out").glob("part-*.parquet")))
+    assert frame["rewritten_intent"].isna().all() and frame["error"].notna().all()
 
 
 def test_missing_model_and_wrong_engine_are_clear(tiny_models, mined, tmp_path):
