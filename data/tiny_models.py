@@ -99,11 +99,12 @@ def build_t5(vocab_size: int) -> T5ForConditionalGeneration:
         decoder_start_token_id=PAD,
     )
     model = T5ForConditionalGeneration(config)
-    # An untied T5 head starts with unit-variance weights, so a random model's logits
-    # have std ~sqrt(d_model) and its loss starts near 150 instead of ln(vocab).
-    # Tied T5 rescales by d_model**-0.5 in forward; do the same once here.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(config.d_model**-0.5)
+    # transformers 5 builds every T5 with its head tied to the embeddings and unties
+    # only when a checkpoint holds two different tensors, as UL2's does. Give the head
+    # its own weights so the saved file has UL2's layout. Scaled by d_model**-0.5 (what
+    # tied T5 does in forward) so a random model's loss starts near ln(vocab).
+    model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach() * config.d_model**-0.5)
+    model.all_tied_weights_keys.pop("lm_head.weight", None)
     return model
 
 

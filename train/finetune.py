@@ -34,6 +34,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     Seq2SeqTrainer,
+    T5ForConditionalGeneration,
     Trainer,
 )
 from transformers.integrations.deepspeed import (
@@ -246,6 +247,8 @@ def load_model(model_args, lora_args, config, training_args):
     20B model is never whole on any rank.
     """
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    if config.model_type == "t5" and not config.scale_decoder_outputs:
+        cls = UntiedT5ForConditionalGeneration
     model = cls.from_pretrained(
         model_args.model_name_or_path,
         config=config,
@@ -270,6 +273,20 @@ def load_model(model_args, lora_args, config, training_args):
     if training_args.process_index == 0:
         model.print_trainable_parameters()
     return model, partition
+
+
+class UntiedT5ForConditionalGeneration(T5ForConditionalGeneration):
+    """T5 v1.1 and UL2 have an output head separate from the embeddings.
+
+    transformers 5 builds every T5 tied and unties only when the checkpoint's two
+    tensors differ; under ZeRO-3 it compares empty placeholders, which always look
+    equal, so UL2 would silently train with its embeddings as the output head.
+    """
+
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
 
 
 def partition_report(model) -> dict:
