@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     dataset = ds.dataset(sorted(map(str, args.output_dir.glob("part-*.parquet"))), format="parquet")
     errors = dataset.count_rows(filter=ds.field("error").is_valid())
     params = manifest["params"]
-    print(f"{args.output_dir}: {len(manifest['shards'])} shards, {dataset.count_rows()} rows, "
-          f"{errors} with an error, complete: {manifest.get('complete', False)}")
+    print(
+        f"{args.output_dir}: {len(manifest['shards'])} shards, {dataset.count_rows()} rows, "
+        f"{errors} with an error, complete: {manifest.get('complete', False)}"
+    )
     print(f"model {params['model']} via {params['engine']}, generation {params['generation']}")
     for row in dataset.head(args.rows).to_pylist():
         print(f"\n  id {row['id']}")

@@ -104,8 +104,12 @@ def test_two_ranks_equal_one_process(reference, tiny_models, mined, tmp_path):
     args = _cli(_args(tiny_models["t5"], mined, tmp_path))
     procs = [
         subprocess.Popen(
-            args, cwd=REPO, env=repo_env(RANK=rank, WORLD_SIZE=2), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            args,
+            cwd=REPO,
+            env=repo_env(RANK=rank, WORLD_SIZE=2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for rank in (0, 1)
     ]
@@ -143,8 +147,13 @@ def test_bad_rows_never_stop_the_run(tiny_models, tmp_path):
     ]
     table = pa.Table.from_pylist(
         [
-            {"id": "7_1_0" if i >= 7 else f"{i}_1_0", "question_id": i, "parent_answer_post_id": 1,
-             "prob": 0.5, **row}
+            {
+                "id": "7_1_0" if i >= 7 else f"{i}_1_0",
+                "question_id": i,
+                "parent_answer_post_id": 1,
+                "prob": 0.5,
+                **row,
+            }
             for i, row in enumerate(rows)
         ]  # fmt: skip
     )
@@ -170,8 +179,17 @@ def test_bad_rows_never_stop_the_run(tiny_models, tmp_path):
 
 def test_all_error_shard_keeps_declared_types(tmp_path, tiny_models):
     table = pa.Table.from_pylist(
-        [{"id": f"{i}_0_0", "question_id": i, "parent_answer_post_id": 0, "prob": 0.1,
-          "intent": None, "snippet": ""} for i in range(600)]  # fmt: skip
+        [
+            {
+                "id": f"{i}_0_0",
+                "question_id": i,
+                "parent_answer_post_id": 0,
+                "prob": 0.1,
+                "intent": None,
+                "snippet": "",
+            }
+            for i in range(600)
+        ]  # fmt: skip
     )
     pq.write_table(table, tmp_path / "empty.parquet")
     translate(["--model", str(tiny_models["t5"]), "--engine", "hf", "--input",
