@@ -59,5 +59,9 @@ translate-mined: setup  ## mined rows -> Parquet: MODEL, OUT, [ENGINE], [NUM_GPU
 	  -m serve.translate --model $(MODEL) --output_dir $(OUT) --engine $(ENGINE) \
 	  $(if $(INPUT),--input $(INPUT)) $(ARGS)
 
+bench: setup  ## CPU benchmarks -> bench/results/{translate,train}.json (ARGS for both)
+	$(PY) -m bench.translate $(ARGS)
+	$(PY) -m bench.train $(ARGS)
+
 clean:  ## remove runs/ (not .venv)
 	rm -rf runs
