@@ -16,10 +16,13 @@ BASE ?=
 MODEL ?=
 ENGINE ?= auto
 INPUT ?=
+# dataset
+TRANSLATIONS ?=
+CURATED ?= neulab/conala
 # demo
 DEMO_DIR ?= runs/demo
 
-.PHONY: help setup lock test lint format demo train merge translate-mined bench clean
+.PHONY: help setup lock test lint format demo train merge translate-mined dataset doctor gpu-check bench bench-scale clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -59,9 +62,23 @@ translate-mined: setup  ## mined rows -> Parquet: MODEL, OUT, [ENGINE], [NUM_GPU
 	  -m serve.translate --model $(MODEL) --output_dir $(OUT) --engine $(ENGINE) \
 	  $(if $(INPUT),--input $(INPUT)) $(ARGS)
 
+dataset: setup  ## translations -> decontaminated instruction dataset: TRANSLATIONS, OUT, [CURATED], ARGS
+	@test -n "$(TRANSLATIONS)" -a -n "$(OUT)" || { echo "usage: make dataset TRANSLATIONS=runs/ul2/mined OUT=runs/ul2/dataset [CURATED=neulab/conala]" >&2; exit 2; }
+	$(PY) -m data.instruct --translations $(TRANSLATIONS) --output $(OUT) \
+	  --curated_train $(CURATED) --curated_test $(CURATED) $(ARGS)
+
+doctor: setup  ## what runs on this machine: devices, engines (a real generation each), RAM, disk
+	$(PY) -m serve.doctor $(ARGS)
+
+gpu-check: setup  ## GPU tests + UL2-architecture bench on one card -> bench/results/gpu/
+	scripts/gpu_check.sh $(ARGS)
+
 bench: setup  ## CPU benchmarks -> bench/results/{translate,train}.json (ARGS for both)
 	$(PY) -m bench.translate $(ARGS)
 	$(PY) -m bench.train $(ARGS)
+
+bench-scale: setup  ## 594,000 rows through serve.translate (up to an hour) -> bench/results/scale.json
+	$(PY) -m bench.scale $(ARGS)
 
 clean:  ## remove runs/ (not .venv)
 	rm -rf runs

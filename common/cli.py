@@ -1,0 +1,121 @@
+"""What every entry point shares: YAML-plus-flags parsing and one-line user errors.
+
+    from common.cli import parse_with_config, run
+
+    def main(argv=None): (args,) = parse_with_config((MyArguments,), argv); ...
+    if __name__ == "__main__": run(main, "mytool")
+
+Precedence of values: command line, then the `--config` YAML file, then the
+dataclass field defaults (the one home of every default).
+
+A user mistake (a bad flag value, a missing or malformed file, a refused resume)
+ends the process with exit code 2 and one line on stderr that names the flag or
+file. A traceback means a bug; `--debug` or CONALA_DEBUG=1 shows it for any error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+DEBUG_ENV = "CONALA_DEBUG"
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A refusal whose message tells the user what to change."""
+
+
+# ValueError covers the dataclass `__post_init__` refusals, SchemaError, ResumeMismatch,
+# JSONDecodeError, UnicodeDecodeError and pyarrow's ArrowInvalid.
+USER_ERRORS = (
+    UserError,
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    yaml.YAMLError,
+)
+
+
+class _Parser(HfArgumentParser):
+    """argparse prints usage plus an error and exits; we want the one-line form."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults) -> tuple:
+    """Parse `classes` from `--config FILE.yaml` plus flags; refuses unknown YAML keys."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _Parser(classes)
+    parser.set_defaults(**defaults)
+    config_path = _config_path(argv)
+    if config_path:
+        parser.set_defaults(**load_config(config_path, classes))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_config(path: str, classes: tuple) -> dict:
+    """Read a YAML config, refusing keys no argument class defines."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config: file not found: {path}")
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"--config {path}: not valid YAML ({_first_line(err)})") from err
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of flag names to values")
+    known = {f.name for cls in classes for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {unknown}; see `--help` for the valid names")
+    return values
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None = None) -> None:
+    """Call `main(argv)` and exit: 0 on success, 2 with one line for a user error.
+
+    A dict or list returned by `main` is printed as JSON on stdout (the run summary).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        result = main(argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(result, dict | list):
+        print(json.dumps(result, indent=2))
+    sys.exit(0)
+
+
+def _first_line(err: BaseException) -> str:
+    """The message on one line: some libraries put the useful part over several."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return " ".join(text.split())
