@@ -4,6 +4,14 @@ Curated splits are small (2,379 + 500 rows) and load whole as Arrow tables. Mine
 (~594K rows) is only ever *iterated* as Arrow record batches, so memory stays flat
 however many rows there are.
 
+Row-level isolation: in JSON and JSONL files every row is read on its own. A line
+that is not UTF-8 or not JSON, a field of the wrong type, or text that is not valid
+Unicode (a lone surrogate such as "\ud800", which Parquet cannot store) makes that
+row's `error` (naming the file and line) instead of stopping the read. Such a row
+keeps what could be read; invalid text is stored with U+FFFD in place of the bad
+code points. `iter_rows` yields those rows; `load_curated`, for training, refuses
+a file that has any.
+
 Hub source: the `neulab/conala` loading script no longer runs under current
 `datasets`, so the hub path reads the Parquet conversion the hub publishes on the
 `refs/convert/parquet` revision:
@@ -21,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.schema import CURATED_SCHEMA, MINED_SCHEMA, SchemaError, conform
+from data.schema import CURATED_SCHEMA, MINED_SCHEMA, SchemaError, conform, with_error
 
 HUB_DATASET = "neulab/conala"
 HUB_REVISION = "refs/convert/parquet"
@@ -31,6 +39,7 @@ HUB_FILES = {
     ("mined", "train"): "mined/train/0000.parquet",
 }
 DEFAULT_BATCH_ROWS = 4096
+FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "json"}
 
 
 def is_hub_id(source: str) -> bool:
@@ -40,13 +49,24 @@ def is_hub_id(source: str) -> bool:
 
 def resolve(source: str, *, subset: str = "curated", split: str = "train") -> Path:
     """Return a local file for `source`, downloading the hub Parquet file if needed."""
-    if not is_hub_id(source):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"Dataset file not found: {source}")
+    if source == HUB_DATASET and not os.path.exists(source):
+        return _download(subset, split)
+    path = Path(source)
+    if path.is_file():
         return path
-    if source != HUB_DATASET:
-        raise ValueError(f"Unsupported hub dataset {source!r}; only {HUB_DATASET!r} is known")
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{source}: is a directory; expected a .json, .jsonl or .parquet file"
+        )
+    hint = (
+        f" (it is not a known hub dataset either: only {HUB_DATASET!r} is)"
+        if is_hub_id(source)
+        else ""
+    )
+    raise FileNotFoundError(f"{source}: file not found{hint}")
+
+
+def _download(subset: str, split: str) -> Path:
     if (subset, split) not in HUB_FILES:
         raise ValueError(f"{HUB_DATASET} has no {subset}/{split} split")
     from huggingface_hub import hf_hub_download
@@ -59,83 +79,135 @@ def resolve(source: str, *, subset: str = "curated", split: str = "train") -> Pa
 
 
 def load_curated(source: str, *, split: str = "train") -> pa.Table:
-    """Load a curated split (`question_id, intent, rewritten_intent, snippet`)."""
+    """Load a curated split (`question_id, intent, rewritten_intent, snippet`).
+
+    Training data must be clean: a row that cannot be read is refused, by line.
+    """
     path = resolve(source, subset="curated", split=split)
-    return conform(_read_table(path), CURATED_SCHEMA, source=str(path))
+    table = pa.Table.from_batches(list(iter_rows(path, CURATED_SCHEMA)), with_error(CURATED_SCHEMA))
+    errors = table.column("error").drop_null()
+    if len(errors):
+        raise SchemaError(f"{errors[0].as_py()} ({len(errors)} unreadable row(s) in all)")
+    return table.drop_columns(["error"])
 
 
 def iter_mined(
     sources: str | list[str], *, batch_rows: int = DEFAULT_BATCH_ROWS
 ) -> Iterator[pa.RecordBatch]:
-    """Yield mined rows as record batches conformed to `MINED_SCHEMA`, file by file."""
+    """Yield mined rows as `MINED_SCHEMA` batches plus `error`, file by file."""
     for source in [sources] if isinstance(sources, str) else sources:
-        path = resolve(source, subset="mined", split="train")
-        for batch in _iter_batches(path, batch_rows):
-            table = conform(pa.Table.from_batches([batch]), MINED_SCHEMA, source=str(path))
+        path = resolve(str(source), subset="mined", split="train")
+        yield from iter_rows(path, MINED_SCHEMA, batch_rows=batch_rows)
+
+
+def iter_rows(
+    path: Path, schema: pa.Schema, *, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Batches of `schema` plus `error` (null for a row read cleanly)."""
+    path = Path(path)
+    if file_format(path) == "parquet":
+        for batch in _parquet_file(path).iter_batches(batch_size=batch_rows):
+            table = conform(pa.Table.from_batches([batch]), schema, source=str(path))
+            table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
             yield from table.to_batches()
+        return
+    rows = _iter_json_rows(path) if file_format(path) == "json" else _iter_jsonl_rows(path)
+    buffer: list[dict] = []
+    for where, row in rows:
+        buffer.append(_conform_row(row, schema, f"{path} {where}"))
+        if len(buffer) == batch_rows:
+            yield pa.RecordBatch.from_pylist(buffer, schema=with_error(schema))
+            buffer = []
+    if buffer:
+        yield pa.RecordBatch.from_pylist(buffer, schema=with_error(schema))
 
 
-def _read_table(path: Path) -> pa.Table:
-    if _format(path) == "parquet":
-        return pq.read_table(path)
-    if _format(path) == "json":
-        return _table_from_rows(_load_json_array(path), path)
-    return pa.Table.from_batches(list(_iter_jsonl(path, DEFAULT_BATCH_ROWS)))
-
-
-def _iter_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    fmt = _format(path)
-    if fmt == "parquet":
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
-    elif fmt == "jsonl":
-        yield from _iter_jsonl(path, batch_rows)
-    else:
-        table = _table_from_rows(_load_json_array(path), path)
-        yield from table.to_batches(max_chunksize=batch_rows)
-
-
-def _format(path: Path) -> str:
+def file_format(path: Path) -> str:
     name = path.name.lower()
-    for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "json")):
+    for suffix, fmt in FORMATS.items():
         if name.endswith(suffix):
             return fmt
     raise ValueError(f"{path}: unknown format; expected .json, .jsonl or .parquet")
 
 
-def _load_json_array(path: Path) -> list[dict]:
+def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SchemaError(f"{path}: not a readable Parquet file ({err})") from err
+
+
+def parquet_rows(path: Path) -> int:
+    return _parquet_file(path).metadata.num_rows
+
+
+def _iter_json_rows(path: Path) -> Iterator[tuple[str, object]]:
+    """A JSON array must parse as a whole; its items are then rows of their own."""
+    try:
+        rows = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise SchemaError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
         raise SchemaError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
     if not isinstance(rows, list):
         raise SchemaError(f"{path}: expected a JSON array of objects")
-    return rows
+    for index, row in enumerate(rows):
+        yield f"item {index}", row
 
 
-def _iter_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Parse JSON lines in chunks; a bad line is reported with its line number.
+def _iter_jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
+    """Non-blank lines, decoded one by one; an unreadable line comes back as an Exception.
 
     Python's json parser is used rather than pyarrow's reader because pyarrow
     reports byte offsets, not the line a user can open in an editor.
     """
-    rows: list[dict] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield f"line {lineno}", json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield f"line {lineno}", ValueError(f"not UTF-8 ({err.reason} at byte {err.start})")
             except json.JSONDecodeError as err:
-                raise SchemaError(f"{path}: line {lineno} is not valid JSON: {err.msg}") from err
-            if len(rows) == batch_rows:
-                yield from _table_from_rows(rows, path).to_batches()
-                rows = []
-    if rows:
-        yield from _table_from_rows(rows, path).to_batches()
+                yield f"line {lineno}", ValueError(f"not valid JSON: {err.msg}")
 
 
-def _table_from_rows(rows: list[dict], path: Path) -> pa.Table:
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise SchemaError(f"{path}: rows have inconsistent types: {err}") from err
+def _conform_row(row: object, schema: pa.Schema, where: str) -> dict:
+    """The row's fields as `schema` types; whatever is wrong goes into `error`."""
+    out = dict.fromkeys(schema.names)
+    if isinstance(row, Exception):
+        out["error"] = f"{where}: {row}"
+        return out
+    if not isinstance(row, dict):
+        out["error"] = f"{where}: expected a JSON object, got {type(row).__name__}"
+        return out
+    problems = []
+    for field in schema:
+        value, problem = _conform_value(row.get(field.name), field.type)
+        out[field.name] = value
+        if problem:
+            problems.append(f"{field.name} {problem}")
+    out["error"] = f"{where}: {'; '.join(problems)}" if problems else None
+    return out
+
+
+def _conform_value(value, type_: pa.DataType) -> tuple[object, str | None]:
+    if value is None:
+        return None, None
+    if pa.types.is_string(type_):
+        if not isinstance(value, str):
+            return None, f"has type {type(value).__name__}, expected a string"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            repaired = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return repaired, "is not valid Unicode (a lone surrogate; stored with U+FFFD)"
+        return value, None
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    in_range = numeric and -(2**63) <= value < 2**63 and float(value).is_integer()
+    if pa.types.is_integer(type_) and in_range:
+        return int(value), None
+    if pa.types.is_floating(type_) and numeric:
+        return float(value), None
+    return None, f"has value {str(value)[:40]!r}, expected {type_}"

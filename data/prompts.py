@@ -32,7 +32,18 @@ class SourceTemplate:
     prefix: str = ""
 
     def __post_init__(self):
-        names = {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
+        if not isinstance(self.template, str) or not isinstance(self.prefix, str):
+            raise ValueError("--source_template and --source_prefix must be strings")
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
+            # A sample row catches what parsing alone lets through: positional `{}`, format
+            # specs such as `{snippet:d}` and conversions such as `{snippet!z}`.
+            self.template.format(intent="sample intent", snippet="sample snippet")
+        except (ValueError, IndexError, KeyError) as err:
+            raise ValueError(
+                f"--source_template {self.template!r} cannot format a row: "
+                f"{type(err).__name__}: {err}; use {{intent}} and {{snippet}} only"
+            ) from None
         unknown = names - _FIELDS
         if unknown:
             raise ValueError(
@@ -54,7 +65,12 @@ class SourceTemplate:
     @classmethod
     def load(cls, directory: str | Path) -> SourceTemplate | None:
         path = Path(directory, TEMPLATE_FILE)
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a valid source template ({err})") from None
 
 
 @dataclass

@@ -34,6 +34,11 @@ OUTPUT_SCHEMA = MINED_SCHEMA.append(pa.field("rewritten_intent", pa.string())).a
 )
 
 
+def with_error(schema: pa.Schema) -> pa.Schema:
+    """`schema` plus the nullable `error` column readers use for rows they could not read."""
+    return schema.append(pa.field("error", pa.string()))
+
+
 class SchemaError(ValueError):
     """A source file does not have the columns or types CoNaLa needs."""
 

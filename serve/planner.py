@@ -1,9 +1,15 @@
 """Turn a shard of sources into engine calls: dedup, length sort, token-budget batches.
 
-Written once above every engine. A batch that raises is retried row by row so one
-bad input becomes one `error` value instead of a dead job; if no row of the batch
-succeeds alone either, the failure is systemic (a broken model, a dead device) and
-is re-raised rather than written into every remaining row.
+Written once above every engine. Identical sources are generated once and fanned
+out to every row that has them. Engines that schedule their own work
+(`capabilities.whole_shard`, vLLM) get the whole de-duplicated shard in one call;
+the others get length-sorted batches whose padded size stays under a token budget,
+through `generate_batches` so engines with an asynchronous API can overlap them.
+
+A call that raises is bisected until the failing rows stand alone, so one bad input
+becomes one `error` value (in about 2*log2(n) extra calls) instead of a dead job.
+If no row of the call succeeds alone either, the failure is systemic (a broken
+model, a dead device) and is raised rather than written into every remaining row.
 """
 
 from __future__ import annotations
@@ -17,13 +23,18 @@ from serve.engines.base import Engine
 logger = logging.getLogger(__name__)
 
 
+class SystemicFailure(RuntimeError):
+    """Every row of a failed engine call also fails alone: nothing row-specific."""
+
+
 @dataclass
 class PlanResult:
     outputs: list[str | None]
     errors: list[str | None]
     unique_sources: int = 0
     truncated: int = 0
-    batches: int = 0
+    calls: int = 0
+    generated_tokens: int = 0
 
 
 def plan_batches(lengths: list[int], *, batch_tokens: int, max_batch_size: int) -> list[list[int]]:
@@ -64,51 +75,68 @@ def generate_rows(
     result = PlanResult(outputs=[None] * len(sources), errors=[None] * len(sources))
     result.unique_sources = len(unique)
 
-    limit = engine.options.max_source_length
-    lengths = engine.count_tokens(unique) if unique else []
-    runnable = []
-    for i, length in enumerate(lengths):
-        if length <= limit:
-            runnable.append(i)
-        elif engine.capabilities.truncates_sources:
-            result.truncated += len(rows_of[unique[i]])
-            runnable.append(i)
+    runnable, widths = _check_lengths(engine, unique, rows_of, result)
+    if engine.capabilities.whole_shard:
+        batches = [sorted(range(len(runnable)), key=lambda i: -widths[i])] if runnable else []
+    else:
+        batches = plan_batches(widths, batch_tokens=batch_tokens, max_batch_size=max_batch_size)
+    texts_of = [[unique[runnable[i]] for i in batch] for batch in batches]
+    for texts, answer in zip(texts_of, engine.generate_batches(texts_of)):
+        result.calls += 1
+        if isinstance(answer, Exception):
+            logger.warning("a call of %d rows failed (%s); bisecting", len(texts), answer)
+            pairs = _bisect(engine, texts, answer, result)
         else:
-            _fill(
-                result,
-                rows_of[unique[i]],
-                error=f"source has {length} tokens, over the "
-                f"{limit}-token limit (--max_source_length)",
-            )
-    widths = [min(lengths[i], limit) for i in runnable]
-    for batch in plan_batches(widths, batch_tokens=batch_tokens, max_batch_size=max_batch_size):
-        texts = [unique[runnable[j]] for j in batch]
-        for text, output, error in zip(texts, *_generate_batch(engine, texts)):
+            result.generated_tokens += sum(g.num_tokens for g in answer)
+            pairs = [(g.text, None) for g in answer]
+        for text, (output, error) in zip(texts, pairs):
             _fill(result, rows_of[text], output=output, error=error)
             if progress:
                 progress(len(rows_of[text]))
-        result.batches += 1
     return result
 
 
-def _generate_batch(engine: Engine, texts: list[str]) -> tuple[list, list]:
-    try:
-        return engine.generate(texts), [None] * len(texts)
-    except Exception as batch_error:
-        if len(texts) == 1:
-            return [None], [_describe(batch_error)]
-        logger.warning("batch of %d failed (%s); retrying row by row", len(texts), batch_error)
-    outputs, errors = [], []
-    for text in texts:
+def _check_lengths(engine, unique, rows_of, result) -> tuple[list[int], list[int]]:
+    """Indices of the sources the engine can take, and their (capped) token widths."""
+    limit = engine.options.max_source_length
+    runnable, widths = [], []
+    for i, length in enumerate(engine.count_tokens(unique) if unique else []):
+        if length > limit and not engine.capabilities.truncates_sources:
+            error = (
+                f"source has {length} tokens, over the {limit}-token limit (--max_source_length)"
+            )
+            _fill(result, rows_of[unique[i]], error=error)
+            continue
+        if length > limit:
+            result.truncated += len(rows_of[unique[i]])
+        runnable.append(i)
+        widths.append(min(length, limit))
+    return runnable, widths
+
+
+def _bisect(engine, texts: list[str], error: Exception, result: PlanResult) -> list[tuple]:
+    """(output, error) per text, splitting a failed call until failures stand alone."""
+    answers = _split(engine, texts, error, result)
+    if all(output is None for output, _ in answers):
+        raise SystemicFailure(f"every row of a failed call also fails alone: {answers[0][1]}")
+    return answers
+
+
+def _split(engine, texts, error, result) -> list[tuple]:
+    if len(texts) == 1:
+        return [(None, _describe(error))]
+    half = len(texts) // 2
+    answers = []
+    for part in (texts[:half], texts[half:]):
+        result.calls += 1
         try:
-            outputs += engine.generate([text])
-            errors.append(None)
-        except Exception as row_error:
-            outputs.append(None)
-            errors.append(_describe(row_error))
-    if all(errors):
-        raise RuntimeError(f"every row of a failed batch also fails alone: {errors[0]}")
-    return outputs, errors
+            generations = engine.generate(part)
+        except Exception as part_error:
+            answers += _split(engine, part, part_error, result)
+            continue
+        result.generated_tokens += sum(g.num_tokens for g in generations)
+        answers += [(g.text, None) for g in generations]
+    return answers
 
 
 def _fill(result: PlanResult, rows: list[int], *, output=None, error=None) -> None:

@@ -3,11 +3,14 @@
 An output directory holds:
 
 * ``part-XXXXX.parquet`` -- shard ``i`` holds input rows ``[i*R, (i+1)*R)`` with
-  ``R = rows_per_shard``. The caller maps rows to shards; the sink only gets ``(i, table)``.
+  ``R = rows_per_shard``; serve.shards cuts the input that way, the sink checks sizes.
   Indices are zero-padded so lexical order (globs, ``ls``) equals index order.
-* ``manifest.json`` -- run parameters, ``rows_per_shard``, schema, one entry per written
-  shard (file, rows, caller stats) and, after ``finish``, ``num_shards`` and ``complete``.
+* ``manifest.json`` -- the run id, run parameters, ``rows_per_shard``, schema, one entry
+  per written shard (file, rows, run id, caller stats) and, after ``finish``,
+  ``num_shards`` and ``complete``.
 * ``.manifest.lock`` -- ``flock`` target that serializes manifest updates across ranks.
+* ``.run.lock`` -- every live writer holds a shared ``flock`` on it; replacing the run
+  (``overwrite``) needs it exclusively, so a live run is never wiped under its writers.
 
 Readers should glob ``part-*.parquet`` (the manifest is not Parquet).
 
@@ -22,6 +25,11 @@ informational and may lag by one shard per rank after a kill (``finish`` fills s
 Resume: a sink over a directory whose manifest has the same params, ``rows_per_shard`` and
 schema carries on and the caller skips ``done()`` shards. Anything different raises
 ``ResumeMismatch`` unless ``overwrite=True``, which wipes the old run first.
+
+No mixing: a run gets a random ``run_id`` when its manifest is created. Every writer
+checks, under the manifest lock and just before renaming a shard into place, that the
+manifest still carries its run id, and stops with ``RunReplaced`` otherwise. Together
+with the run lock this means a directory holds the shards of one run, never two.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import fcntl
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -38,11 +47,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.cli import UserError
 from data.schema import conform
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".manifest.lock"
+RUN_LOCK = ".run.lock"
 # Modest row groups let `datasets` and other streaming readers hold one group at a time.
 ROW_GROUP_ROWS = 10_000
 _PART = re.compile(r"part-(\d+)\.parquet")
@@ -51,6 +62,10 @@ _TEMP = re.compile(r"\.part-(\d+)\.parquet\.tmp")
 
 class ResumeMismatch(ValueError):
     """The output directory holds a run with different parameters."""
+
+
+class RunReplaced(UserError):
+    """Another process replaced this run (``--overwrite``) while it was writing."""
 
 
 def _part_name(index: int) -> str:
@@ -124,36 +139,56 @@ class ShardSink:
             "schema": {"names": schema.names, "types": [str(t) for t in schema.types]},
         }
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Held (shared) for the sink's lifetime; the OS drops it when the process dies.
+        self._run_lock = open(self.dir / RUN_LOCK, "a")  # noqa: SIM115
         with self._locked():
-            manifest = self._read_manifest()
-            if manifest is None and _indices(self.dir, _PART) and not overwrite:
-                raise ResumeMismatch(
-                    f"{self.dir} has part files but no {MANIFEST}, so their parameters are "
-                    "unknown; pass --overwrite or pick a new --output_dir"
-                )
-            diffs = self._diff(manifest) if manifest is not None else []
-            if diffs and not overwrite:
-                raise ResumeMismatch(
-                    f"{self.dir} holds a run with different parameters: {'; '.join(diffs)}. "
-                    "Pass --overwrite to replace it or pick a new --output_dir."
-                )
-            if manifest is None or diffs:
-                self._wipe()
-                now = _now()
-                self._write_manifest(
-                    {
-                        "format_version": FORMAT_VERSION,
-                        "created": now,
-                        "updated": now,
-                        **self._identity,
-                        "shards": {},
-                    }
-                )
+            manifest = self._open_run(self._read_manifest(), overwrite)
+            self.run_id = manifest["run_id"]
             # A killed writer leaves its temp file behind. Only the owner may delete one: a
             # live rank could be writing any other temp file right now.
             for index, path in _indices(self.dir, _TEMP).items():
                 if self.owns(index):
                     path.unlink(missing_ok=True)
+
+    def _open_run(self, manifest: dict | None, overwrite: bool) -> dict:
+        """Join the run in the directory, or create one (wiping an old one if allowed)."""
+        if manifest is None and _indices(self.dir, _PART) and not overwrite:
+            raise ResumeMismatch(
+                f"{self.dir} has part files but no {MANIFEST}, so their parameters are "
+                "unknown; pass --overwrite or pick a new --output_dir"
+            )
+        diffs = self._diff(manifest) if manifest is not None else []
+        if diffs and not overwrite:
+            raise ResumeMismatch(
+                f"{self.dir} holds a run with different parameters: {'; '.join(diffs)}. "
+                "Pass --overwrite to replace it or pick a new --output_dir."
+            )
+        if manifest is not None and not diffs:
+            if "run_id" not in manifest:  # written before run ids existed
+                manifest["run_id"] = uuid.uuid4().hex
+                self._write_manifest(manifest)
+            fcntl.flock(self._run_lock, fcntl.LOCK_SH)
+            return manifest
+        try:
+            fcntl.flock(self._run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResumeMismatch(
+                f"{self.dir} is being written by another live process with other parameters; "
+                "stop it before replacing its run, or pick a new --output_dir"
+            ) from None
+        self._wipe()
+        now = _now()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "run_id": uuid.uuid4().hex,
+            "created": now,
+            "updated": now,
+            **self._identity,
+            "shards": {},
+        }
+        self._write_manifest(manifest)
+        fcntl.flock(self._run_lock, fcntl.LOCK_SH)  # converted: others may now join
+        return manifest
 
     def owns(self, index: int) -> bool:
         return index % self.world_size == self.rank
@@ -189,38 +224,59 @@ class ShardSink:
             pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temp, final)
-        _fsync_dir(self.dir)
         with self._locked():
             manifest = self._read_manifest()
+            if manifest is None or manifest.get("run_id") != self.run_id:
+                temp.unlink(missing_ok=True)
+                raise RunReplaced(
+                    f"the run in {self.dir} was replaced by another process (run id "
+                    f"{self.run_id} -> {(manifest or {}).get('run_id')}); stopping without "
+                    f"writing shard {index}"
+                )
+            os.replace(temp, final)
+            _fsync_dir(self.dir)
             manifest["shards"][str(index)] = {
                 "file": final.name,
                 "rows": table.num_rows,
+                "run_id": self.run_id,
                 "stats": stats,
             }
             manifest["updated"] = _now()
             self._write_manifest(manifest)
         return final
 
-    def finish(self, num_shards: int) -> dict:
+    def finish(self, num_shards: int, totals: dict | None = None) -> dict:
         """Record ``num_shards`` and whether shards ``0..num_shards-1`` all exist.
 
         Safe to call from every rank: each call recomputes ``complete`` from the files, so
         the last rank to finish marks the run complete. Shards whose manifest entry was lost
-        to a kill (renamed, not yet recorded) are re-entered without stats.
+        to a kill (renamed, not yet recorded) are re-entered without stats. `totals` are
+        run-wide counts (of the input, not of one rank) stored at the top level.
         """
         with self._locked():
             manifest = self._read_manifest()
+            if manifest is None or manifest.get("run_id") != self.run_id:
+                raise RunReplaced(f"the run in {self.dir} was replaced by another process")
             for index, path in _indices(self.dir, _PART).items():
                 manifest["shards"].setdefault(
                     str(index),
-                    {"file": path.name, "rows": pq.read_metadata(path).num_rows, "stats": {}},
+                    {
+                        "file": path.name,
+                        "rows": pq.read_metadata(path).num_rows,
+                        "run_id": self.run_id,
+                        "stats": {},
+                    },
                 )
             manifest["num_shards"] = num_shards
             manifest["complete"] = set(range(num_shards)) <= self.done()
             manifest["updated"] = _now()
+            manifest.update(totals or {})
             self._write_manifest(manifest)
         return manifest
+
+    def close(self) -> None:
+        """Release the run lock (also released when the process exits)."""
+        self._run_lock.close()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -232,7 +288,14 @@ class ShardSink:
 
     def _read_manifest(self) -> dict | None:
         path = self.dir / MANIFEST
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ResumeMismatch(
+                f"{path} is not valid JSON ({err}); pass --overwrite to start over"
+            ) from None
 
     def _write_manifest(self, manifest: dict) -> None:
         # Temp file + rename so a kill mid-write leaves the previous manifest, never half a

@@ -1,22 +1,24 @@
 """Engine registry: pick an engine for a model and build it.
 
-    select_engine(model_path, "auto")    # -> "hf" | "ctranslate2" | "vllm"
-    create_engine("auto", model_path, options=GenerationOptions(...), **engine_options)
+    select_engine(model_path, "auto", device="cpu")   # -> "hf" | "ctranslate2" | "vllm"
+    create_engine("auto", model_path, device="cpu", options=GenerationOptions(...))
 
-`auto` sends decoder-only models to vllm and encoder-decoders to ctranslate2, each
-when installed, and falls back to hf, which runs everything. Engine modules are
-imported only when chosen (importing vllm alone takes seconds).
+`auto` sends decoder-only models to vllm and encoder-decoders to ctranslate2 when
+that engine can run on the device (serve.doctor's cached probe: installed, and its
+native libraries load there), and falls back to hf, which runs everything, with
+one warning that names the fix. A named engine that cannot run is refused before
+any work. Engine modules are imported only when chosen (vllm alone takes seconds).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import inspect
+import json
 import logging
 from pathlib import Path
 
-from serve.engines.base import Capabilities, Engine, GenerationOptions
+from common.cli import UserError
+from serve.engines.base import Capabilities, Engine, Generation, GenerationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +29,7 @@ _CLASSES = {
     "ctranslate2": ("serve.engines.ctranslate2", "CTranslate2Engine"),
     "vllm": ("serve.engines.vllm", "VLLMEngine"),
 }
-# The third-party package each engine needs beyond transformers.
-_REQUIRES = {"ctranslate2": "ctranslate2", "vllm": "vllm"}
-# Engines able to run each model family, best first.
+# Engines able to run each model family (keyed by "is encoder-decoder"), best first.
 _RUNS = {True: ("ctranslate2", "hf"), False: ("vllm", "hf")}
 
 __all__ = [
@@ -37,65 +37,84 @@ __all__ = [
     "ENGINES",
     "Capabilities",
     "Engine",
+    "Generation",
     "GenerationOptions",
     "create_engine",
-    "engine_available",
     "engine_class",
     "is_encoder_decoder",
     "select_engine",
 ]
 
 
-def engine_available(name: str) -> bool:
-    """Whether the engine's backend is installed (checked without importing it)."""
-    package = _REQUIRES.get(name)
-    return package is None or importlib.util.find_spec(package) is not None
-
-
 def is_encoder_decoder(model_path: str | Path, *, trust_remote_code: bool = False) -> bool:
+    """Read the model's family from its config, refusing what is not a merged model."""
     path = Path(model_path)
     if not path.exists():
-        raise FileNotFoundError(f"model path not found: {path}")
+        raise FileNotFoundError(f"--model {path}: not found")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in model directory {path}")
+        if (path / "adapter_config.json").is_file():
+            raise UserError(
+                f"--model {path} is a LoRA adapter, not a model: merge it first with "
+                f"`make merge ADAPTER={path} OUT=<merged dir>` and pass the merged dir"
+            )
+        raise UserError(f"--model {path}: no config.json; expected a merged model directory")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"--model {path}/config.json is not valid JSON ({err})") from err
+    if "is_encoder_decoder" in config:
+        return bool(config["is_encoder_decoder"])
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    return bool(config.is_encoder_decoder)
+    return bool(
+        AutoConfig.from_pretrained(
+            str(path), trust_remote_code=trust_remote_code
+        ).is_encoder_decoder
+    )
 
 
 def select_engine(
-    model_path: str | Path, name: str = "auto", *, trust_remote_code: bool = False
+    model_path: str | Path,
+    name: str = "auto",
+    *,
+    device: str = "auto",
+    trust_remote_code: bool = False,
 ) -> str:
-    """The engine `name` resolves to for this model, or a ValueError saying why none can."""
+    """The engine `name` resolves to for this model on `device`, or a refusal saying why."""
     if name not in CHOICES:
-        raise ValueError(f"Unsupported engine: {name} (choose from {', '.join(CHOICES)})")
+        raise UserError(f"Unsupported engine: {name} (choose from {', '.join(CHOICES)})")
     encoder_decoder = is_encoder_decoder(model_path, trust_remote_code=trust_remote_code)
     runs = _RUNS[encoder_decoder]
     family = "encoder-decoder" if encoder_decoder else "decoder-only"
-    if name == "auto":
-        return next(engine for engine in runs if engine_available(engine))
-    if name not in runs:
+    if name not in ("auto", *runs):
         reason = (
             "vLLM has dropped encoder-decoder models (other than Whisper)"
             if name == "vllm"
             else f"the {name} engine runs encoder-decoder models only"
         )
-        raise ValueError(
+        raise UserError(
             f"--engine {name} cannot run {model_path}, a {family} model: {reason}; "
             f"use {' or '.join(runs)}"
         )
-    if not engine_available(name):
-        raise ValueError(
-            f"--engine {name} needs the `{_REQUIRES[name]}` package, which is not installed; "
-            f"use {' or '.join(e for e in runs if e != name and engine_available(e))}"
-        )
-    return name
+    from serve.doctor import engine_probe
+
+    for candidate in runs if name == "auto" else (name,):
+        probe = engine_probe(candidate, device)
+        if probe.runs:
+            return candidate
+        fix = f" Fix: {probe.fix}" if probe.fix else ""
+        if name != "auto":
+            raise UserError(f"--engine {name} cannot run on {device}: {probe.reason}.{fix}")
+        if candidate != "hf":
+            logger.warning(
+                "engine %s cannot run on %s (%s); using hf.%s", candidate, device, probe.reason, fix
+            )
+    raise UserError(f"no engine can run {model_path} on {device}; see `make doctor`")
 
 
 def engine_class(name: str) -> type[Engine]:
     if name not in _CLASSES:
-        raise ValueError(f"Unsupported engine: {name} (choose from {', '.join(ENGINES)})")
+        raise UserError(f"Unsupported engine: {name} (choose from {', '.join(ENGINES)})")
     module, cls = _CLASSES[name]
     return getattr(importlib.import_module(module), cls)
 
@@ -103,26 +122,16 @@ def engine_class(name: str) -> type[Engine]:
 def create_engine(name: str, model_path: str | Path, **kwargs) -> Engine:
     """Build engine `name` (or the `auto` choice) for `model_path`.
 
-    Keyword arguments are the engine's (`device`, `options`, then engine-specific ones
-    such as `dtype` or `compute_type`). A value of None means "the engine's default"
-    and is dropped. Under `auto`, options the chosen engine lacks are dropped with a
-    warning, since the caller could not know which engine it would get; naming an
-    engine makes them a TypeError.
+    Keyword arguments are the engines' shared ones (`device`, `options`, `precision`,
+    `cpu_threads`, `cache_dir`, `trust_remote_code`; see serve.engines.base) plus, for a
+    named engine, its tuning knobs. None means "the engine's default".
     """
-    chosen = select_engine(
-        model_path, name, trust_remote_code=bool(kwargs.get("trust_remote_code"))
-    )
-    cls = engine_class(chosen)
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model_path"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        if name != "auto":
-            raise TypeError(
-                f"the {chosen} engine has no option(s) {', '.join(unknown)} "
-                f"(it takes {', '.join(sorted(accepted))})"
-            )
-        logger.warning("engine %s (auto) ignores option(s) %s", chosen, ", ".join(unknown))
-        kwargs = {key: value for key, value in kwargs.items() if key in accepted}
+    chosen = select_engine(
+        model_path,
+        name,
+        device=kwargs.get("device", "auto"),
+        trust_remote_code=bool(kwargs.get("trust_remote_code")),
+    )
     logger.info("engine: %s%s", chosen, " (auto)" if name == "auto" else "")
-    return cls(str(model_path), **kwargs)
+    return engine_class(chosen)(str(model_path), **kwargs)

@@ -1,30 +1,63 @@
 """The one engine interface: sources in, generations out, plus what it can do.
 
 Engines only generate. Reading, de-duplication, length sorting, token-budget
-batching and writing live above them (serve.planner, serve.sink), written once.
+batching, failure isolation and writing live above them (serve.planner,
+serve.sink), written once.
+
+Every engine takes the same constructor arguments,
+
+    Engine(model_path, *, device="auto", options=GenerationOptions(), precision="auto",
+           cpu_threads=None, cache_dir=None, trust_remote_code=False, **tuning)
+
+where `tuning` holds the few knobs that exist for one engine only (documented on
+that engine's class).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# `auto`: bfloat16 on CUDA; on CPU float32 (int8 is opt-in: see the README's measured
+# int8 agreement). int8 is a CTranslate2 quantization; hf and vllm refuse it.
+PRECISIONS = ("auto", "bfloat16", "float32", "int8")
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Option names shared by every engine."""
+    """Generation settings shared by every engine: the one home of their defaults.
 
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    max_source_length: int = 512
+    serve.translate parses this dataclass as its own flags, and training's
+    validation metrics build it too. Sources differ on purpose: training keeps up
+    to 2048 tokens (train.args) so no curated pair loses text, while serving cuts at
+    512 because a batch's padded width, so its cost, follows its longest source and
+    594K mined rows include pasted logs and data dumps (cut rows are counted).
+    """
+
+    max_new_tokens: int = field(default=64, metadata={"help": "Generation length limit."})
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "Force at least this many new tokens (benchmarks)."}
+    )
+    num_beams: int = field(default=1, metadata={"help": "Beam width; 1 is greedy decoding."})
+    max_source_length: int = field(
+        default=512,
+        metadata={
+            "help": "Source token limit. Encoder-decoders truncate longer sources (counted in "
+            "the manifest); decoder-only engines give such rows an error."
+        },
+    )
 
     def __post_init__(self):
         for name in ("max_new_tokens", "num_beams", "max_source_length"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError("min_new_tokens must be in [0, max_new_tokens]")
+            raise ValueError(
+                f"--min_new_tokens must be in [0, --max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_new_tokens}"
+            )
 
 
 @dataclass(frozen=True)
@@ -36,22 +69,50 @@ class Capabilities:
     # (cutting a decoder prompt would drop the cue that starts the answer).
     truncates_sources: bool
     device: str
+    # True: hand the engine a whole (deduplicated) shard in one call; it schedules the
+    # work itself (vLLM's continuous batching). False: planner token-budget batches.
+    whole_shard: bool = False
+
+
+class Generation(NamedTuple):
+    text: str
+    num_tokens: int  # generated tokens, the end token included
 
 
 class Engine(ABC):
-    """Subclasses take `(model_path, *, device="auto", options, **engine_specific)`."""
-
     capabilities: Capabilities
     options: GenerationOptions
-    generated_tokens: int = 0
+    tokenizer: object  # the model's Hugging Face tokenizer
 
-    @abstractmethod
     def count_tokens(self, sources: list[str]) -> list[int]:
         """Source lengths in tokens, as the model will see them (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
 
     @abstractmethod
-    def generate(self, sources: list[str]) -> list[str]:
-        """One output per source, in order. Adds to `generated_tokens`."""
+    def generate(self, sources: list[str]) -> list[Generation]:
+        """One generation per source, in order."""
+
+    def generate_batches(
+        self, batches: Iterable[list[str]]
+    ) -> Iterator[list[Generation] | Exception]:
+        """`generate` over many batches, yielding each batch's result or its exception.
+
+        Engines with an asynchronous API override this to overlap host work (tokenizing
+        the next batch, decoding the last) with generation.
+        """
+        for batch in batches:
+            try:
+                yield self.generate(batch)
+            except Exception as error:  # the planner isolates the failing rows
+                yield error
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines need nothing
         """Release the model; the default relies on garbage collection."""
+
+
+def check_precision(engine: str, precision: str, allowed: tuple[str, ...]) -> None:
+    if precision not in allowed:
+        raise ValueError(
+            f"--precision {precision} is not available with the {engine} engine "
+            f"(choose {', '.join(allowed)})"
+        )

@@ -7,9 +7,17 @@ changed model or a different quantization converts anew. A conversion is written
 to a temporary directory and renamed into place only when complete, under a file
 lock, so a killed conversion is never reused and concurrent ranks convert once.
 
-`compute_type` is `auto|int8|bfloat16|float32`; `auto` picks int8 on CPU and
-bfloat16 on CUDA (never float16, which T5-family activations overflow). Weights are
-stored at the quantization the compute type runs at, so loading converts nothing.
+`precision` is `auto|int8|bfloat16|float32`; `auto` picks float32 on CPU and
+bfloat16 on CUDA (never float16, which T5-family activations overflow). int8 is
+opt-in: its agreement with float32 is measured in the README. Weights are stored
+at the quantization the compute type runs at, so loading converts nothing.
+
+Two converter defects are corrected (`_Converter`): CTranslate2 4.8.5 scales the T5
+decoder output by d_model**-0.5 whenever `config.tie_word_embeddings` is true,
+which transformers 5 reports for every T5 config; the scale must follow the
+checkpoint (HF's `scale_decoder_outputs`), else beam search and sampling differ
+from HF. On CUDA the library needs cuBLAS 12, preloaded from the
+`nvidia-cublas-cu12` wheel (serve.engines.cuda_libs) on a CUDA 13 stack.
 
 Sources are tokenized and truncated by the model's own tokenizer (as `hf` does, so
 a cut source still ends in `</s>`), then decoded greedily (`num_beams == 1`) or with
@@ -31,12 +39,21 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer
 
-from serve.engines.base import Capabilities, Engine, GenerationOptions
+from serve.engines.base import (
+    PRECISIONS,
+    Capabilities,
+    Engine,
+    Generation,
+    GenerationOptions,
+    check_precision,
+)
 
 logger = logging.getLogger(__name__)
 
-COMPUTE_TYPES = ("auto", "int8", "bfloat16", "float32")
 CACHE_MARKER = "ct2_cache.json"
+# Bumped when our conversion changes (2: T5 output scale follows the checkpoint), so
+# conversions cached by an older revision are not reused.
+CONVERTER_REVISION = 2
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "conala-ct2"
 # Files beside the weights that never change what the conversion contains.
 _IGNORED_FILES = {"source_template.json", "README.md", "generation_config.json"}
@@ -44,24 +61,25 @@ _IGNORED_FILES = {"source_template.json", "README.md", "generation_config.json"}
 
 def resolve_device(device: str) -> tuple[str, int]:
     """`auto|cpu|cuda|cuda:N` -> CTranslate2's (device, device_index)."""
+    name, _, index = device.partition(":")
+    if name not in ("auto", "cpu", "cuda") or (index and not index.isdigit()):
+        raise ValueError(f"Unsupported device for ctranslate2: {device} (choose auto, cpu, cuda)")
+    if name != "cpu":
+        from serve.engines.cuda_libs import preload_cublas12
+
+        preload_cublas12()  # before CTranslate2 first needs cuBLAS
     import ctranslate2
 
-    if device == "auto":
-        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    name, _, index = device.partition(":")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"Unsupported device for ctranslate2: {device} (choose auto, cpu, cuda)")
+    if name == "auto":
+        name = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
     return name, int(index or 0)
 
 
-def resolve_compute_type(compute_type: str, device: str) -> str:
+def resolve_compute_type(precision: str, device: str) -> str:
     """Map `auto|int8|bfloat16|float32` to a CTranslate2 compute type the device supports."""
     import ctranslate2
 
-    if compute_type not in COMPUTE_TYPES:
-        raise ValueError(
-            f"Unsupported compute_type: {compute_type} (choose {', '.join(COMPUTE_TYPES)})"
-        )
+    check_precision("ctranslate2", precision, PRECISIONS)
     supported = ctranslate2.get_supported_compute_types(device)
     if device == "cuda":
         preferences = {
@@ -72,16 +90,16 @@ def resolve_compute_type(compute_type: str, device: str) -> str:
         }
     else:
         preferences = {
-            "auto": ("int8_float32", "float32"),
+            "auto": ("float32",),
             "int8": ("int8_float32",),
             "bfloat16": ("bfloat16",),
             "float32": ("float32",),
         }
-    for choice in preferences[compute_type]:
+    for choice in preferences[precision]:
         if choice in supported:
             return choice
     raise ValueError(
-        f"compute_type {compute_type} is not supported by ctranslate2 on {device} "
+        f"--precision {precision} is not supported by ctranslate2 on {device} "
         f"(supported: {', '.join(sorted(supported))})"
     )
 
@@ -92,7 +110,10 @@ def conversion_key(model_path: str | Path, quantization: str) -> str:
 
     model_path = Path(model_path)
     digest = hashlib.sha256()
-    digest.update(f"ctranslate2={ctranslate2.__version__}\nquantization={quantization}\n".encode())
+    digest.update(
+        f"ctranslate2={ctranslate2.__version__}\nquantization={quantization}\n"
+        f"converter={CONVERTER_REVISION}\n".encode()
+    )
     digest.update((model_path / "config.json").read_bytes())
     for path in sorted(model_path.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.name not in _IGNORED_FILES:
@@ -132,7 +153,7 @@ def convert(
         logger.info("converting %s to CTranslate2 (%s) in %s", model_path, quantization, target)
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
         try:
-            converter = ctranslate2.converters.TransformersConverter(
+            converter = _converter_class()(
                 str(model_path), low_cpu_mem_usage=True, trust_remote_code=trust_remote_code
             )
             converter.convert(str(tmp), quantization=quantization, force=True)
@@ -150,6 +171,27 @@ def convert(
     return target
 
 
+def _converter_class():
+    import ctranslate2
+
+    class _Converter(ctranslate2.converters.TransformersConverter):
+        """Keep T5's output scale only where the checkpoint itself ties the head."""
+
+        def _load(self):
+            spec = super()._load()
+            config = AutoConfig.from_pretrained(
+                self._model_name_or_path, trust_remote_code=self._trust_remote_code
+            )
+            scaled = getattr(config, "scale_decoder_outputs", None)
+            if config.model_type == "t5" and scaled is False:
+                from ctranslate2.specs import model_spec
+
+                spec.decoder.scale_outputs = model_spec.OPTIONAL
+            return spec
+
+    return _Converter
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
     with open(path, "a") as handle:
@@ -161,72 +203,97 @@ def _locked(path: Path):
 
 
 class CTranslate2Engine(Engine):
+    """Tuning: `inter_threads` (batches run in parallel), `max_batch_tokens` (> 0 splits
+    a planner batch by tokens inside CTranslate2; 0 runs it whole)."""
+
     def __init__(
         self,
         model_path: str,
         *,
         device: str = "auto",
         options: GenerationOptions | None = None,
-        compute_type: str = "auto",
+        precision: str = "auto",
+        cpu_threads: int | None = None,
         cache_dir: str | Path | None = None,
-        intra_threads: int | None = None,
+        trust_remote_code: bool = False,
         inter_threads: int = 1,
         max_batch_tokens: int = 0,
-        trust_remote_code: bool = False,
     ):
-        """`intra_threads`: threads per batch on CPU (default: every core this process may
-        use); `inter_threads`: batches run in parallel; `max_batch_tokens` > 0 splits a
-        given batch by tokens inside CTranslate2 (0: the planner's batch runs whole)."""
         import ctranslate2
 
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        if not config.is_encoder_decoder:
-            raise ValueError(
-                f"the ctranslate2 engine runs encoder-decoder models only; {model_path} is "
-                f"decoder-only ({config.model_type}): use --engine vllm or --engine hf"
-            )
-        self.device, device_index = resolve_device(device)
-        self.compute_type = resolve_compute_type(compute_type, self.device)
-        self.options = options or GenerationOptions()
-        self.max_batch_tokens = max_batch_tokens
-        self.model_dir = convert(
+        device, device_index = resolve_device(device)
+        compute_type = resolve_compute_type(precision, device)
+        model_dir = convert(
             model_path,
-            self.compute_type,
+            compute_type,
             cache_dir or DEFAULT_CACHE_DIR,
             trust_remote_code=trust_remote_code,
         )
-        if intra_threads is None:
-            intra_threads = len(os.sched_getaffinity(0)) if self.device == "cpu" else 1
-        self.translator = ctranslate2.Translator(
-            str(self.model_dir),
-            device=self.device,
+        translator = ctranslate2.Translator(
+            str(model_dir),
+            device=device,
             device_index=device_index,
-            compute_type=self.compute_type,
-            intra_threads=intra_threads,
+            compute_type=compute_type,
+            intra_threads=(cpu_threads or len(os.sched_getaffinity(0))) if device == "cpu" else 1,
             inter_threads=inter_threads,
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            model_path, trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self._setup(translator, tokenizer, options, max_batch_tokens)
+
+    @classmethod
+    def from_translator(
+        cls,
+        translator,
+        tokenizer,
+        *,
+        options: GenerationOptions | None = None,
+        max_batch_tokens: int = 0,
+    ) -> CTranslate2Engine:
+        """Wrap an already built `ctranslate2.Translator` (benchmarks build their own)."""
+        engine = cls.__new__(cls)
+        engine._setup(translator, tokenizer, options, max_batch_tokens)
+        return engine
+
+    def _setup(self, translator, tokenizer, options, max_batch_tokens: int) -> None:
+        self.translator = translator
+        self.tokenizer = tokenizer
+        self.options = options or GenerationOptions()
+        self.max_batch_tokens = max_batch_tokens
+        device = translator.device
+        self.compute_type = translator.compute_type
         self.capabilities = Capabilities(
             name="ctranslate2",
             encoder_decoder=True,
             truncates_sources=True,
-            device=self.device if self.device == "cpu" else f"cuda:{device_index}",
+            device=device if device == "cpu" else f"cuda:{translator.device_index[0]}",
         )
-        self.generated_tokens = 0
 
-    def count_tokens(self, sources: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
+    def generate(self, sources: list[str]) -> list[Generation]:
+        return self._collect(self._submit(sources, asynchronous=False))
 
-    def generate(self, sources: list[str]) -> list[str]:
+    def generate_batches(self, batches):
+        """Submit batch k+1 before collecting batch k, so tokenizing and detokenizing on
+        the host overlap CTranslate2's work on the previous batch."""
+        pending = None
+        for batch in batches:
+            try:
+                submitted = self._submit(batch, asynchronous=True)
+            except Exception as error:
+                submitted = error
+            if pending is not None:
+                yield self._collect_or_error(pending)
+            pending = submitted
+        if pending is not None:
+            yield self._collect_or_error(pending)
+
+    def _submit(self, sources: list[str], *, asynchronous: bool):
         if not sources:
             return []
         limit = self.options.max_source_length
+        # The model's own tokenizer truncates, so a cut source still ends in </s>.
         ids = self.tokenizer(sources, truncation=True, max_length=limit)["input_ids"]
-        tokens = [self.tokenizer.convert_ids_to_tokens(row) for row in ids]
-        results = self.translator.translate_batch(
-            tokens,
+        return self.translator.translate_batch(
+            [self.tokenizer.convert_ids_to_tokens(row) for row in ids],
             beam_size=self.options.num_beams,
             max_decoding_length=self.options.max_new_tokens,
             min_decoding_length=self.options.min_new_tokens,
@@ -234,14 +301,27 @@ class CTranslate2Engine(Engine):
             max_batch_size=self.max_batch_tokens,
             batch_type="tokens",
             return_end_token=True,
+            asynchronous=asynchronous,
         )
+
+    def _collect(self, results) -> list[Generation]:
         outputs = []
         for result in results:
+            if not hasattr(result, "hypotheses"):  # an AsyncTranslationResult
+                result = result.result()
             hypothesis = result.hypotheses[0]
-            self.generated_tokens += len(hypothesis)  # the end token included, as hf counts
-            output_ids = self.tokenizer.convert_tokens_to_ids(hypothesis)
-            outputs.append(self.tokenizer.decode(output_ids, skip_special_tokens=True))
+            ids = self.tokenizer.convert_tokens_to_ids(hypothesis)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            outputs.append(Generation(text, len(hypothesis)))  # end token included, as hf
         return outputs
+
+    def _collect_or_error(self, submitted) -> list[Generation] | Exception:
+        if isinstance(submitted, Exception):
+            return submitted
+        try:
+            return self._collect(submitted)
+        except Exception as error:
+            return error
 
     def close(self) -> None:
         del self.translator

@@ -12,7 +12,7 @@ import logging
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from serve.engines.base import Capabilities, Engine, GenerationOptions
+from serve.engines.base import Capabilities, Engine, Generation, GenerationOptions, check_precision
 
 logger = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -24,12 +24,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
+def resolve_dtype(precision: str, device: str) -> torch.dtype:
+    check_precision("hf", precision, ("auto", *DTYPES))
+    if precision == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"Unsupported dtype: {dtype} (choose auto, bfloat16 or float32)")
-    return DTYPES[dtype]
+    return DTYPES[precision]
 
 
 def load_model(path: str, *, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -42,18 +41,26 @@ def load_model(path: str, *, dtype: torch.dtype, trust_remote_code: bool = False
 
 
 class HFEngine(Engine):
+    """`cpu_threads` sets torch's intra-op threads on CPU; `cache_dir` is unused."""
+
     def __init__(
         self,
         model_path: str,
         *,
         device: str = "auto",
         options: GenerationOptions | None = None,
-        dtype: str = "auto",
+        precision: str = "auto",
+        cpu_threads: int | None = None,
+        cache_dir: str | None = None,
         trust_remote_code: bool = False,
     ):
         device = resolve_device(device)
+        if cpu_threads and device == "cpu":
+            torch.set_num_threads(cpu_threads)
         model = load_model(
-            model_path, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+            model_path,
+            dtype=resolve_dtype(precision, device),
+            trust_remote_code=trust_remote_code,
         )
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self._setup(model.to(device), tokenizer, options or GenerationOptions())
@@ -75,27 +82,22 @@ class HFEngine(Engine):
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-        self.device = str(model.device)
         self.capabilities = Capabilities(
             name="hf",
             encoder_decoder=self.encoder_decoder,
             truncates_sources=self.encoder_decoder,
-            device=self.device,
+            device=str(model.device),
         )
-        self.max_batch: int | None = None
-        self.generated_tokens = 0
+        self.max_batch: int | None = None  # set by the OOM back-off
 
-    def count_tokens(self, sources: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
-
-    def generate(self, sources: list[str]) -> list[str]:
+    def generate(self, sources: list[str]) -> list[Generation]:
         limit = self.max_batch or len(sources)
-        outputs: list[str] = []
+        outputs: list[Generation] = []
         for start in range(0, len(sources), limit):
             outputs += self._generate_with_backoff(sources[start : start + limit])
         return outputs
 
-    def _generate_with_backoff(self, sources: list[str]) -> list[str]:
+    def _generate_with_backoff(self, sources: list[str]) -> list[Generation]:
         try:
             return self._generate(sources)
         except torch.cuda.OutOfMemoryError:
@@ -110,14 +112,14 @@ class HFEngine(Engine):
             )
 
     @torch.inference_mode()
-    def _generate(self, sources: list[str]) -> list[str]:
+    def _generate(self, sources: list[str]) -> list[Generation]:
         batch = self.tokenizer(
             sources,
             padding=True,
             truncation=True,
             max_length=self.options.max_source_length,
             return_tensors="pt",
-        ).to(self.device)
+        ).to(self.model.device)
         output = self.model.generate(
             **batch,
             max_new_tokens=self.options.max_new_tokens,
@@ -127,9 +129,9 @@ class HFEngine(Engine):
         )
         if not self.encoder_decoder:
             output = output[:, batch["input_ids"].shape[1] :]
-        pad = self.tokenizer.pad_token_id
-        self.generated_tokens += int((output != pad).sum())
-        return self.tokenizer.batch_decode(output, skip_special_tokens=True)
+        counts = (output != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
+        return [Generation(text, count) for text, count in zip(texts, counts)]
 
     def close(self) -> None:
         del self.model

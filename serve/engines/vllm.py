@@ -10,10 +10,15 @@ vLLM as token ids, and outputs are decoded by the same tokenizer, so
 `count_tokens` is exactly what the model sees and the text matches the hf engine
 token for token. Decoding is greedy (temperature 0); beam search is refused.
 
+vLLM schedules its own work (continuous batching, prefix cache), so it takes a
+whole de-duplicated shard in one `generate` call (`whole_shard=True`) rather than
+the planner's static batches, and keeps the device full while sequences finish at
+different lengths.
+
 A prompt is never cut (`truncates_sources=False`): the planner turns a source over
 `max_source_length` into a per-row error. One that fits that limit but not
 `max_model_len` makes `generate` raise before anything is queued, and the planner
-retries the batch row by row, so only that row fails.
+bisects the call, so only that row fails.
 """
 
 from __future__ import annotations
@@ -23,11 +28,10 @@ import os
 
 from transformers import AutoConfig, AutoTokenizer
 
-from serve.engines.base import Capabilities, Engine, GenerationOptions
+from serve.engines.base import Capabilities, Engine, Generation, GenerationOptions, check_precision
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("auto", "bfloat16", "float32")
 CPU_KV_CACHE_BYTES = 2 << 30
 _MAX_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
@@ -59,63 +63,41 @@ def _pin_cuda_device(index: int) -> None:
 
 
 class VLLMEngine(Engine):
+    """Tuning: `max_model_len` (prompt + output tokens per sequence; default
+    max_source_length + max_new_tokens, capped at the model's position limit),
+    `gpu_memory_utilization` (on CPU vLLM reads it as the fraction of RAM to reserve,
+    so there the KV cache is sized by `kv_cache_memory_bytes` instead: default
+    `CPU_KV_CACHE_BYTES`, or `VLLM_CPU_KVCACHE_SPACE` GiB when that is set),
+    `tensor_parallel_size`, `enforce_eager`, `seed`, and `llm_kwargs` for any further
+    `vllm.LLM` argument. `cpu_threads` and `cache_dir` are unused."""
+
     def __init__(
         self,
         model_path: str,
         *,
         device: str = "auto",
         options: GenerationOptions | None = None,
-        dtype: str = "auto",
+        precision: str = "auto",
+        cpu_threads: int | None = None,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
         kv_cache_memory_bytes: int | None = None,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
-        trust_remote_code: bool = False,
         seed: int = 0,
         llm_kwargs: dict | None = None,
     ):
-        """`dtype`: auto (bfloat16 on CUDA, float32 on CPU, as the hf engine), bfloat16 or
-        float32. `max_model_len`: prompt + output tokens per sequence (default:
-        max_source_length + max_new_tokens, capped at the model's position limit).
-        `gpu_memory_utilization`: on CPU vLLM reads it as the fraction of RAM to reserve,
-        so there the KV cache is sized by `kv_cache_memory_bytes` instead (default
-        `CPU_KV_CACHE_BYTES`, or `VLLM_CPU_KVCACHE_SPACE` GiB when that is set).
-        `llm_kwargs`: further `vllm.LLM` arguments."""
         self.options = options or GenerationOptions()
         if self.options.num_beams > 1:
             raise ValueError(
-                "the vllm engine decodes greedily only (num_beams=1); for beam search use "
-                "--engine hf (or --engine ctranslate2 for encoder-decoder models)"
+                "the vllm engine decodes greedily only (--num_beams 1); for beam search use "
+                "--engine hf"
             )
-        if dtype not in DTYPES:
-            raise ValueError(f"Unsupported dtype: {dtype} (choose {', '.join(DTYPES)})")
+        check_precision("vllm", precision, ("auto", "bfloat16", "float32"))
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        if config.is_encoder_decoder:
-            raise ValueError(
-                f"vLLM has dropped encoder-decoder models (other than Whisper), so it cannot "
-                f"run {model_path} ({config.model_type}): use --engine ctranslate2 or --engine hf"
-            )
-        if max_model_len is None:
-            max_model_len = self.options.max_source_length + self.options.max_new_tokens
-            limit = model_max_length(config)
-            if limit is not None and limit < max_model_len:
-                logger.warning(
-                    "max_model_len capped at the model's %d positions: a prompt near "
-                    "max_source_length=%d gets fewer than max_new_tokens=%d new tokens",
-                    limit,
-                    self.options.max_source_length,
-                    self.options.max_new_tokens,
-                )
-                max_model_len = limit
-        elif max_model_len < self.options.max_source_length + self.options.max_new_tokens:
-            logger.warning(
-                "max_model_len=%d < max_source_length + max_new_tokens (%d): longer prompts "
-                "fail or get fewer new tokens",
-                max_model_len,
-                self.options.max_source_length + self.options.max_new_tokens,
-            )
-
+        max_model_len = self._model_len(config, max_model_len)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         kind, _, index = device.partition(":")
         if kind == "cuda" and index:
@@ -126,8 +108,8 @@ class VLLMEngine(Engine):
         platform = current_platform.device_type  # "cuda", "cpu", ...
         if device != "auto" and kind != platform:
             raise ValueError(f"this vLLM build runs on {platform}, not {device}")
-        if dtype == "auto":
-            dtype = "bfloat16" if platform == "cuda" else "float32"
+        auto_dtype = "bfloat16" if platform == "cuda" else "float32"
+        dtype = auto_dtype if precision == "auto" else precision
         if (
             kv_cache_memory_bytes is None
             and platform == "cpu"
@@ -156,13 +138,33 @@ class VLLMEngine(Engine):
             encoder_decoder=False,
             truncates_sources=False,
             device=device if device != "auto" else platform,
+            whole_shard=True,
         )
-        self.generated_tokens = 0
 
-    def count_tokens(self, sources: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
+    def _model_len(self, config, requested: int | None) -> int:
+        wanted = self.options.max_source_length + self.options.max_new_tokens
+        if requested is not None:
+            if requested < wanted:
+                logger.warning(
+                    "max_model_len=%d < max_source_length + max_new_tokens (%d): longer "
+                    "prompts fail or get fewer new tokens",
+                    requested,
+                    wanted,
+                )
+            return requested
+        limit = model_max_length(config)
+        if limit is not None and limit < wanted:
+            logger.warning(
+                "max_model_len capped at the model's %d positions: a prompt near "
+                "max_source_length=%d gets fewer than max_new_tokens=%d new tokens",
+                limit,
+                self.options.max_source_length,
+                self.options.max_new_tokens,
+            )
+            return limit
+        return wanted
 
-    def generate(self, sources: list[str]) -> list[str]:
+    def generate(self, sources: list[str]) -> list[Generation]:
         if not sources:
             return []
         from vllm import SamplingParams
@@ -187,8 +189,8 @@ class VLLMEngine(Engine):
         outputs = []
         for result in results:
             token_ids = list(result.outputs[0].token_ids)
-            self.generated_tokens += len(token_ids)
-            outputs.append(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+            text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+            outputs.append(Generation(text, len(token_ids)))
         return outputs
 
     def close(self) -> None:

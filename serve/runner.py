@@ -1,0 +1,233 @@
+"""The translate-mined run: read shard -> format -> plan -> generate -> write.
+
+`prepare` checks everything a run depends on (inputs, template, model, engine,
+precision) before anything is written, so a run that cannot start leaves the
+output directory as it was. `run` then walks the shards this rank owns; writing
+shard i overlaps generating shard i+1 (pyarrow releases the GIL while it writes).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from common.cli import UserError
+from common.dist import cores_per_local_rank, local_device
+from data.prompts import SourceTemplate
+from data.schema import OUTPUT_SCHEMA
+from serve.engines import create_engine, select_engine
+from serve.engines.base import Engine, GenerationOptions
+from serve.identity import model_fingerprint
+from serve.planner import generate_rows
+from serve.shards import InputScan, iter_shards, scan
+from serve.sink import ShardSink
+
+logger = logging.getLogger("serve.translate")
+# C0 controls other than tab/newline, and DEL: some tokenizers and engines choke on
+# them and they carry no meaning in an intent or a snippet. Sources only: the stored
+# columns keep the input's text byte for byte.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class Plan:
+    args: object  # serve.translate.TranslateArguments
+    options: GenerationOptions
+    template: SourceTemplate
+    engine: str
+    device: str
+    inputs: InputScan
+    rank: int
+    world: int
+
+
+def prepare(args, options: GenerationOptions, rank: int, world: int) -> Plan:
+    output = Path(args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output_dir {output} is a file; give a directory")
+    inputs = scan(args.input or [args.dataset], limit=args.limit, allow_empty=args.allow_empty)
+    template = resolve_template(args)
+    device = local_device(args.device)
+    engine = select_engine(
+        args.model, args.engine, device=device, trust_remote_code=args.trust_remote_code
+    )
+    if args.precision == "int8" and engine != "ctranslate2":
+        raise UserError(
+            f"--precision int8 is a ctranslate2 precision; {engine} runs auto, bfloat16 or float32"
+        )
+    if options.num_beams > 1 and engine == "vllm":
+        raise UserError("--num_beams > 1 is not available with vllm (greedy only); use --engine hf")
+    return Plan(args, options, template, engine, device, inputs, rank, world)
+
+
+def resolve_template(args) -> SourceTemplate:
+    """Flags win; otherwise the template the merge recorded; otherwise the default."""
+    recorded = SourceTemplate.load(args.model) if Path(args.model).is_dir() else None
+    recorded = recorded or SourceTemplate()
+    return SourceTemplate(
+        args.source_template if args.source_template is not None else recorded.template,
+        args.source_prefix if args.source_prefix is not None else recorded.prefix,
+    )
+
+
+def run_params(plan: Plan) -> dict:
+    """Everything that changes the output; a resume must match it exactly."""
+    model = Path(plan.args.model)
+    return {
+        "model": str(model.resolve()) if model.exists() else plan.args.model,
+        "model_fingerprint": model_fingerprint(plan.args.model),
+        "engine": plan.engine,
+        "precision": plan.args.precision,
+        "generation": asdict(plan.options),
+        "source_template": asdict(plan.template),
+        "source_fingerprint": plan.inputs.fingerprint,
+        "limit": plan.args.limit,
+    }
+
+
+def run(plan: Plan) -> dict:
+    args = plan.args
+    sink = ShardSink(
+        args.output_dir,
+        schema=OUTPUT_SCHEMA,
+        params=run_params(plan),
+        rows_per_shard=args.rows_per_shard,
+        rank=plan.rank,
+        world_size=plan.world,
+        overwrite=args.overwrite,
+    )
+    done = sink.done()
+    progress = tqdm(
+        total=plan.inputs.rows,
+        unit="row",
+        disable=plan.rank != 0,
+        dynamic_ncols=True,
+        desc="translate",
+    )
+    engine: Engine | None = None
+    totals = {"rows": 0, "errors": 0, "generated_tokens": 0, "truncated": 0}
+    start = time.perf_counter()
+    num_shards = 0
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for index, table in enumerate(
+            iter_shards(plan.inputs.paths, args.rows_per_shard, args.limit)
+        ):
+            num_shards = index + 1
+            if not sink.owns(index) or index in done:
+                progress.update(table.num_rows if index in done else 0)
+                continue
+            engine = engine or load_engine(plan)
+            output, stats = translate_shard(engine, table, plan, progress.update)
+            stats["rank"] = plan.rank
+            for key in totals:
+                totals[key] += stats[key]
+            if pending:
+                pending.result()
+            pending = writer.submit(sink.write, index, output, stats)
+        if pending:
+            pending.result()
+    progress.close()
+    manifest = sink.finish(
+        num_shards, {"input_rows": plan.inputs.rows, "unreadable_rows": plan.inputs.unreadable}
+    )
+    sink.close()
+    if engine is not None:
+        engine.close()
+    return summarize(totals, time.perf_counter() - start, manifest, plan)
+
+
+def load_engine(plan: Plan) -> Engine:
+    logger.info("loading %s with engine %s on %s", plan.args.model, plan.engine, plan.device)
+    return create_engine(
+        plan.engine,
+        plan.args.model,
+        device=plan.device,
+        options=plan.options,
+        precision=plan.args.precision,
+        cpu_threads=None if plan.device.startswith("cuda") else cores_per_local_rank(),
+        cache_dir=str(Path(plan.args.output_dir, ".ct2-cache")),
+        trust_remote_code=plan.args.trust_remote_code,
+    )
+
+
+def translate_shard(engine: Engine, table: pa.Table, plan: Plan, on_rows):
+    """Generate for one shard; every input row comes back with an output or an error."""
+    started = time.perf_counter()
+    sources, errors = format_sources(table, plan.template)
+    on_rows(sum(source is None for source in sources))
+    result = generate_rows(
+        engine,
+        sources,
+        batch_tokens=plan.args.batch_tokens,
+        max_batch_size=plan.args.max_batch_size,
+        progress=on_rows,
+    )
+    errors = [pre or gen for pre, gen in zip(errors, result.errors)]
+    output = (
+        table.drop_columns(["error"])
+        .append_column("rewritten_intent", pa.array(result.outputs, pa.string()))
+        .append_column("error", pa.array(errors, pa.string()))
+    )
+    ids = table.column("id").drop_null().to_pylist()
+    stats = {
+        "rows": table.num_rows,
+        "errors": sum(e is not None for e in errors),
+        "truncated": result.truncated,
+        "unique_sources": result.unique_sources,
+        "duplicate_ids": len(ids) - len(set(ids)),
+        "generated_tokens": result.generated_tokens,
+        "engine_calls": result.calls,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return output, stats
+
+
+def format_sources(table: pa.Table, template: SourceTemplate) -> tuple[list, list]:
+    """The engine source of each row, or None and the reason it has none."""
+    columns = table.select(["intent", "snippet", "error"]).to_pydict()
+    sources, errors = [], []
+    for intent, snippet, read_error in zip(columns["intent"], columns["snippet"], columns["error"]):
+        if read_error:
+            sources.append(None)
+            errors.append(read_error)
+            continue
+        try:
+            sources.append(_CONTROL.sub(" ", template.format(intent, snippet)))
+            errors.append(None)
+        except ValueError as err:
+            sources.append(None)
+            errors.append(f"unusable row: {err}")
+    return sources, errors
+
+
+def summarize(totals: dict, seconds: float, manifest: dict, plan: Plan) -> dict:
+    summary = {
+        **totals,
+        "seconds": round(seconds, 3),
+        "rows_per_s": totals["rows"] / seconds if seconds else 0.0,
+        "generated_tokens_per_s": totals["generated_tokens"] / seconds if seconds else 0.0,
+        "complete": manifest.get("complete", False),
+        "run_id": manifest["run_id"],
+        "output_dir": plan.args.output_dir,
+    }
+    logger.info(
+        "rank %d: %d rows (%d errors, %d truncated) in %.1fs: %.1f rows/s, %.1f tokens/s; "
+        "run complete: %s",
+        plan.rank,
+        totals["rows"],
+        totals["errors"],
+        totals["truncated"],
+        seconds,
+        summary["rows_per_s"],
+        summary["generated_tokens_per_s"],
+        summary["complete"],
+    )
+    return summary
