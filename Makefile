@@ -19,6 +19,8 @@ INPUT ?=
 # dataset
 TRANSLATIONS ?=
 CURATED ?= neulab/conala
+CURATED_TRAIN ?= $(CURATED)
+CURATED_TEST ?= $(CURATED)
 # demo
 DEMO_DIR ?= runs/demo
 
@@ -62,10 +64,10 @@ translate-mined: setup  ## mined rows -> Parquet: MODEL, OUT, [ENGINE], [NUM_GPU
 	  -m serve.translate --model $(MODEL) --output_dir $(OUT) --engine $(ENGINE) \
 	  $(if $(INPUT),--input $(INPUT)) $(ARGS)
 
-dataset: setup  ## translations -> decontaminated instruction dataset: TRANSLATIONS, OUT, [CURATED], ARGS
+dataset: setup  ## translations -> instruction dataset: TRANSLATIONS, OUT, [CURATED | CURATED_TRAIN + CURATED_TEST], ARGS
 	@test -n "$(TRANSLATIONS)" -a -n "$(OUT)" || { echo "usage: make dataset TRANSLATIONS=runs/ul2/mined OUT=runs/ul2/dataset [CURATED=neulab/conala]" >&2; exit 2; }
 	$(PY) -m data.instruct --translations $(TRANSLATIONS) --output $(OUT) \
-	  --curated_train $(CURATED) --curated_test $(CURATED) $(ARGS)
+	  --curated_train $(CURATED_TRAIN) --curated_test $(CURATED_TEST) $(ARGS)
 
 doctor: setup  ## what runs on this machine: devices, engines (a real generation each), RAM, disk
 	$(PY) -m serve.doctor $(ARGS)

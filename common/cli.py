@@ -15,6 +15,7 @@ file. A traceback means a bug; `--debug` or CONALA_DEBUG=1 shows it for any erro
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -46,17 +47,21 @@ USER_ERRORS = (
 )
 
 
-class _Parser(HfArgumentParser):
-    """argparse prints usage plus an error and exits; we want the one-line form."""
+class Parser(argparse.ArgumentParser):
+    """argparse prints usage plus an error and exits; entry points want the one-line form."""
 
     def error(self, message: str):
         raise UserError(f"{message} (see --help)")
 
 
+class _HfParser(HfArgumentParser, Parser):
+    pass
+
+
 def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults) -> tuple:
     """Parse `classes` from `--config FILE.yaml` plus flags; refuses unknown YAML keys."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _Parser(classes)
+    parser = _HfParser(classes)
     parser.set_defaults(**defaults)
     config_path = _config_path(argv)
     if config_path:

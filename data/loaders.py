@@ -130,6 +130,14 @@ def file_format(path: Path) -> str:
     raise ValueError(f"{path}: unknown format; expected .json, .jsonl or .parquet")
 
 
+def column_names(path: Path) -> set[str]:
+    """A Parquet file's columns, or the keys of the first JSON object row."""
+    if file_format(path) == "parquet":
+        return set(_parquet_file(path).schema_arrow.names)
+    rows = _iter_json_rows(path) if file_format(path) == "json" else _iter_jsonl_rows(path)
+    return next((set(row) for _, row in rows if isinstance(row, dict)), set())
+
+
 def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)

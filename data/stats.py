@@ -22,7 +22,6 @@ Percentiles use the nearest-rank method: p50 of [3, 5, 9, 20] is 5.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Iterator
@@ -31,9 +30,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.loaders import iter_mined, load_curated
+from common.cli import Parser, run
+from data.loaders import column_names, iter_rows, resolve
 from data.prompts import DEFAULT_TEMPLATE, SourceTemplate
-from data.schema import CURATED_SCHEMA, MINED_SCHEMA, SchemaError
+from data.schema import CURATED_SCHEMA, MINED_SCHEMA
 
 DEFAULT_MAX_LENGTH = 2048  # the training default for both limits (train/args.py)
 PERCENTILES = (50, 90, 99)
@@ -45,6 +45,7 @@ class _ColumnCounts:
 
     def __init__(self, schema: pa.Schema):
         self.rows = 0
+        self.unreadable = 0
         self.nulls = dict.fromkeys(schema.names, 0)
         self.empty = {field.name: 0 for field in schema if pa.types.is_string(field.type)}
         keys = ["intent_snippet", "question_id"] + (["id"] if "id" in schema.names else [])
@@ -53,6 +54,7 @@ class _ColumnCounts:
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
+        self.unreadable += batch.num_rows - batch.column("error").null_count
         for name in self.nulls:
             self.nulls[name] += batch.column(name).null_count
         for name in self.empty:
@@ -78,6 +80,7 @@ class _ColumnCounts:
     def result(self) -> dict:
         return {
             "rows": self.rows,
+            "unreadable_rows": self.unreadable,
             "nulls": self.nulls,
             "empty": self.empty,
             "duplicates": self.duplicates,
@@ -168,6 +171,7 @@ def compute_stats(
         columns.add(batch)
         if sources is None:
             continue
+        batch = batch.filter(pc.is_null(batch.column("error")))
         texts, skipped = _sources(batch, template)
         sources.add(texts)
         without_source += skipped
@@ -185,14 +189,15 @@ def compute_stats(
 
 
 def _open(source: str) -> tuple[str, pa.Schema, Iterator[pa.RecordBatch]]:
-    """Read `source` as curated if it has `rewritten_intent`, else stream it as mined."""
-    try:
-        table = load_curated(source)
-    except SchemaError as err:
-        if "missing column 'rewritten_intent'" not in str(err):
-            raise
-        return "mined", MINED_SCHEMA, iter_mined(source)
-    return "curated", CURATED_SCHEMA, iter(table.to_batches())
+    """Stream `source` as curated if it has `rewritten_intent`, else as mined.
+
+    Rows that cannot be read (bad JSON, invalid Unicode, wrong types) are counted and
+    kept out of the token statistics; they never stop the report.
+    """
+    path = resolve(source)
+    kind = "curated" if "rewritten_intent" in column_names(path) else "mined"
+    schema = CURATED_SCHEMA if kind == "curated" else MINED_SCHEMA
+    return kind, schema, iter_rows(path, schema)
 
 
 def _sources(batch: pa.RecordBatch, template: SourceTemplate) -> tuple[list[str], int]:
@@ -209,7 +214,11 @@ def _sources(batch: pa.RecordBatch, template: SourceTemplate) -> tuple[list[str]
 
 def format_report(stats: dict) -> str:
     """Render `stats` as aligned plain-text tables."""
-    lines = [f"input: {stats['input']} ({stats['kind']}, {stats['rows']} rows)", ""]
+    lines = [
+        f"input: {stats['input']} ({stats['kind']}, {stats['rows']} rows, "
+        f"{stats['unreadable_rows']} unreadable)",
+        "",
+    ]
     lines += _align(
         [("column", "nulls", "empty")]
         + [(name, count, stats["empty"].get(name)) for name, count in stats["nulls"].items()]
@@ -250,7 +259,7 @@ def _cell(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m data.stats", description="Describe a CoNaLa file and its tokenization."
     )
     parser.add_argument(
@@ -282,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="Also write the numbers to this JSON file.")
     args = parser.parse_args(argv)
+    for name in ("max_source_length", "max_target_length"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer
@@ -300,4 +312,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "data.stats")

@@ -33,7 +33,8 @@ class PlanResult:
     errors: list[str | None]
     unique_sources: int = 0
     truncated: int = 0
-    calls: int = 0
+    batches: int = 0  # planned engine calls
+    calls: int = 0  # engine calls made, bisection retries included
     generated_tokens: int = 0
 
 
@@ -81,6 +82,7 @@ def generate_rows(
     else:
         batches = plan_batches(widths, batch_tokens=batch_tokens, max_batch_size=max_batch_size)
     texts_of = [[unique[runnable[i]] for i in batch] for batch in batches]
+    result.batches = len(texts_of)
     for texts, answer in zip(texts_of, engine.generate_batches(texts_of)):
         result.calls += 1
         if isinstance(answer, Exception):

@@ -12,10 +12,12 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from common.cli import UserError
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-class EmptyAdapterError(RuntimeError):
+class EmptyAdapterError(UserError):
     pass
 
 

@@ -8,11 +8,13 @@ its documented command runs unchanged.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainingArguments
+
+from common.cli import parse_with_config
+from serve.engines.base import GenerationOptions
 
 # Original training.py flag -> flag here.
 ORIGINAL_FLAGS = {
@@ -75,9 +77,32 @@ class DataArguments:
         default=True,
         metadata={"help": "After training, compute BLEU/chrF/exact match on the validation split."},
     )
-    generation_max_new_tokens: int = field(
-        default=64, metadata={"help": "Generation length limit for the validation metrics."}
+    generation_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generation length limit for the validation metrics (default: "
+            "translate's --max_new_tokens default)."
+        },
     )
+
+    def __post_init__(self):
+        for name in ("max_source_length", "max_target_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train_samples", "max_eval_samples", "generation_max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        from data.prompts import SourceTemplate
+
+        SourceTemplate(self.source_template, self.source_prefix)  # refuses a broken template
+
+    def generation_options(self) -> GenerationOptions:
+        """Options for the validation metrics: serving's defaults, training's source limit."""
+        length = {"max_new_tokens": self.generation_max_new_tokens}
+        return GenerationOptions(
+            max_source_length=self.max_source_length,
+            **{key: value for key, value in length.items() if value is not None},
+        )
 
 
 @dataclass
@@ -96,6 +121,10 @@ class LoraArguments:
     def __post_init__(self):
         if self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1, got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.targets:
+            raise ValueError("--lora_target_modules names no module")
 
     @property
     def targets(self) -> str | list[str]:
@@ -104,7 +133,8 @@ class LoraArguments:
         return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
 
 
-ZERO3_CONFIG = str(Path(__file__).resolve().parents[1] / "deepspeed_configs" / "zero3.json")
+REPO = Path(__file__).resolve().parents[1]
+ZERO3_CONFIG = str(REPO / "deepspeed_configs" / "zero3.json")
 
 
 @dataclass
@@ -129,6 +159,15 @@ class TrainingArguments(Seq2SeqTrainingArguments):
         metadata={"help": "Train into a non-empty --output_dir that holds no checkpoint."},
     )
 
+    def __post_init__(self):
+        # Configs name DeepSpeed files relative to the repo, so they work from any cwd.
+        if isinstance(self.deepspeed, str) and not Path(self.deepspeed).exists():
+            if (REPO / self.deepspeed).is_file():
+                self.deepspeed = str(REPO / self.deepspeed)
+            elif not self.deepspeed.lstrip().startswith("{"):
+                raise FileNotFoundError(f"--deepspeed {self.deepspeed}: file not found")
+        super().__post_init__()
+
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
 
@@ -146,38 +185,3 @@ def parse(argv: list[str] | None = None, **defaults):
     """Return (model, data, lora, training) arguments from YAML + command line."""
     argv = rewrite_original_flags(sys.argv[1:] if argv is None else argv)
     return parse_with_config(ARGUMENT_CLASSES, argv, **defaults)
-
-
-def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults):
-    """Parse dataclasses from `--config FILE.yaml` plus flags.
-
-    Precedence: command line, then the YAML file, then `defaults`, then the fields.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser(classes)
-    parser.set_defaults(**defaults)
-    config_path = _config_path(argv)
-    if config_path:
-        parser.set_defaults(**load_config(config_path, classes))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def load_config(path: str, classes: tuple = ARGUMENT_CLASSES) -> dict:
-    """Read a YAML config, refusing keys no argument class defines."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--config: file not found: {path}")
-    values = yaml.safe_load(Path(path).read_text()) or {}
-    known = {f.name for cls in classes for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; see `--help` for the valid names")
-    return values
-
-
-def _config_path(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None

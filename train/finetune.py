@@ -16,10 +16,8 @@ LMs with the prompt masked out of the loss.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -41,16 +39,16 @@ from transformers.integrations.deepspeed import (
     is_deepspeed_zero3_enabled,
     unset_hf_deepspeed_config,
 )
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from data.loaders import load_curated
+from common.cli import run
+from data.loaders import HUB_DATASET, load_curated, resolve
 from data.prompts import SourceTemplate, make_pairs
-from serve.engines.base import GenerationOptions
 from train import args as arguments
 from train.adapter import check_adapter
+from train.checkpoints import resolve_checkpoint
 from train.evaluate import evaluate_adapter
-from train.features import CountingCollator, padding_efficiency, tokenize
+from train.features import CountingCollator, tokenize
+from train.reports import eval_loss_curve, write_reports
 
 logger = logging.getLogger("train.finetune")
 
@@ -59,8 +57,10 @@ FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 
 
 def main(argv: list[str] | None = None) -> None:
+    single_process_world()
     defaults = prepare_cpu_deepspeed()
     model_args, data_args, lora_args, training_args = arguments.parse(argv, **defaults)
+    check_inputs(model_args, data_args)
     setup_logging(training_args)
     checkpoint = resolve_checkpoint(training_args)
     config = AutoConfig.from_pretrained(
@@ -93,6 +93,35 @@ def main(argv: list[str] | None = None) -> None:
     barrier()
 
 
+def check_inputs(model_args, data_args) -> None:
+    """Missing files are refused before the model loads (which takes minutes for UL2)."""
+    for source in (data_args.train_file, data_args.validation_file):
+        if source != HUB_DATASET:
+            resolve(source)
+    model = model_args.model_name_or_path
+    if not Path(model).exists() and (model.startswith((".", "/")) or model.count("/") != 1):
+        raise FileNotFoundError(f"--model_name_or_path {model}: not found (and not a hub id)")
+
+
+def single_process_world() -> None:
+    """Let `python -m train.finetune` run as rank 0 of 1, as a launcher would set it up.
+
+    Without launcher variables DeepSpeed goes looking for MPI (and dies on a missing
+    mpi4py) before any of our own checks can speak.
+    """
+    if any(var in os.environ for var in ("LOCAL_RANK", "RANK", "OMPI_COMM_WORLD_RANK")):
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+
+
 def prepare_cpu_deepspeed() -> dict:
     """Make Accelerate see all ranks when the `deepspeed` launcher runs on CPU.
 
@@ -119,7 +148,9 @@ def setup_logging(training_args) -> None:
         level=level,
         stream=sys.stdout,
     )
-    transformers.utils.logging.set_verbosity(level)
+    # Config and tokenizer dumps at INFO bury the run's own lines; the Trainer's stay.
+    transformers.utils.logging.set_verbosity(logging.WARNING)
+    transformers.utils.logging.get_logger("transformers.trainer").setLevel(level)
     logger.warning(
         "rank %d/%d on %s, precision %s",
         rank,
@@ -145,55 +176,6 @@ def wandb_logged_in() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
-
-
-def resolve_checkpoint(training_args) -> str | None:
-    """Explicit path wins, then `auto` (the last checkpoint, if any), else a fresh start.
-
-    A fresh start into a directory that already holds a run is refused, so a
-    forgotten flag never trains over someone's checkpoints.
-    """
-    output = Path(training_args.output_dir)
-    requested = training_args.resume_from_checkpoint
-    last = last_complete_checkpoint(output)
-    if requested and requested != "auto":
-        if not Path(requested).is_dir():
-            raise FileNotFoundError(f"--resume_from_checkpoint: no such directory: {requested}")
-        return requested
-    if requested == "auto":
-        logger.info("resuming from %s", last or "scratch (no checkpoint found)")
-        return last
-    if last:
-        raise ValueError(
-            f"{output} already holds {Path(last).name}; pass --resume_from_checkpoint auto to "
-            "continue it, or choose a new --output_dir"
-        )
-    if output.is_dir() and any(output.iterdir()) and not training_args.overwrite_output_dir:
-        raise ValueError(
-            f"--output_dir {output} is not empty and holds no checkpoint; "
-            "pass --overwrite_output_dir true to train into it anyway"
-        )
-    return None
-
-
-def last_complete_checkpoint(output: Path) -> str | None:
-    """The newest checkpoint whose save finished.
-
-    The Trainer writes trainer_state.json last, after the adapter, the DeepSpeed
-    shards and the RNG states; a run killed mid-save leaves a newer directory
-    without it, which must not be picked for resume.
-    """
-    steps = sorted(output.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=_step, reverse=True)
-    for path in steps:
-        if (path / TRAINER_STATE_NAME).is_file():
-            return str(path)
-        logger.warning("ignoring %s: its save did not finish", path)
-    return None
-
-
-def _step(path: Path) -> int:
-    suffix = path.name.rsplit("-", 1)[-1]
-    return int(suffix) if suffix.isdigit() else -1
 
 
 def check_precision(config, training_args) -> None:
@@ -348,10 +330,7 @@ def save_adapter(trainer, tokenizer, template, training_args) -> Path:
 def generation_eval(model_args, data_args, tokenizer, adapter_dir, pairs) -> dict:
     """BLEU/chrF/exact match on rank 0 with an unsharded copy (see train.evaluate)."""
     unset_hf_deepspeed_config()  # otherwise from_pretrained would partition again
-    options = GenerationOptions(
-        max_new_tokens=data_args.generation_max_new_tokens,
-        max_source_length=data_args.max_source_length,
-    )
+    options = data_args.generation_options()
     metrics, predictions = evaluate_adapter(
         model_args.model_name_or_path,
         str(adapter_dir),
@@ -374,78 +353,10 @@ def generation_eval(model_args, data_args, tokenizer, adapter_dir, pairs) -> dic
     return metrics
 
 
-def eval_loss_curve(trainer) -> list[dict]:
-    return [
-        {"step": entry["step"], "eval_loss": entry["eval_loss"]}
-        for entry in trainer.state.log_history
-        if "eval_loss" in entry
-    ]
-
-
-def write_reports(
-    trainer, training_args, data_args, metrics, seconds, partition, train_set, config
-) -> None:
-    collator = trainer.data_collator
-    counts = torch.tensor(
-        [collator.real_tokens, collator.total_tokens, trainer.state.global_step],
-        dtype=torch.float64,
-    )
-    partitions = [partition]
-    if dist.is_initialized():
-        dist.all_reduce(counts[:2])
-        partitions = [None] * dist.get_world_size()
-        dist.all_gather_object(partitions, partition)
-    if training_args.process_index != 0:
-        return
-    real, total, steps = counts.tolist()
-    output = Path(training_args.output_dir)
-    output.joinpath("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    batch = training_args.per_device_train_batch_size
-    lengths = _length_pairs(train_set, config.is_encoder_decoder)
-    summary = {
-        "global_step": int(steps),
-        "train_seconds": seconds,
-        "tokens_per_s": real / seconds,
-        "samples_per_s": trainer.state.global_step
-        * batch
-        * training_args.world_size
-        * training_args.gradient_accumulation_steps
-        / seconds,
-        "loss_curve": [
-            {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
-        ],
-        "padding_efficiency": {
-            "measured": real / total if total else None,
-            "sampler": training_args.train_sampling_strategy,
-            "estimate_grouped": padding_efficiency(lengths, batch, grouped=True),
-            "estimate_random": padding_efficiency(lengths, batch, grouped=False),
-        },
-        "peak_memory_mb": peak_memory_mb(),
-        "partition_after_load": partitions,
-        "world_size": training_args.world_size,
-        "train_file": data_args.train_file,
-        "validation_file": data_args.validation_file,
-    }
-    output.joinpath("train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("wrote %s and %s", output / "metrics.json", output / "train_summary.json")
-
-
-def _length_pairs(dataset, encoder_decoder: bool) -> list[tuple[int, ...]]:
-    if encoder_decoder:
-        return [(len(a), len(b)) for a, b in zip(dataset["input_ids"], dataset["labels"])]
-    return [(len(a),) for a in dataset["input_ids"]]
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "train.finetune")

@@ -33,13 +33,12 @@ import os
 import re
 import resource
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import get_token
 from peft import PeftModel
 from peft.tuners.tuners_utils import _get_in_out_features
 from safetensors import safe_open
@@ -48,52 +47,22 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
-    HfArgumentParser,
 )
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.utils.hub import convert_file_size_to_int
 
+from common.cli import UserError, parse_with_config, run
+from common.hub import check_repo_id, push_folder
 from data.prompts import SourceTemplate
 from serve.engines.hf import DTYPES
-from train.adapter import ADAPTER_WEIGHTS, EmptyAdapterError, check_adapter
+from train.adapter import ADAPTER_WEIGHTS, check_adapter
+from train.model_card import model_card
+from train.verify_merge import merge_and_verify
 
 logger = logging.getLogger("train.merge")
 
-# Max |merged logits - adapter logits| allowed, as a fraction of the largest adapter
-# logit (at least 1). Measured fractions, on 6 verification inputs:
-# - float32 is exact up to summation order: <= 2e-6 for the trained tiny T5 and Llama.
-# - bfloat16: the merged weight W + BA is rounded to 8 mantissa bits while the adapter
-#   model adds an fp32 LoRA path to the bf16 output, so the two differ by rounding
-#   noise that grows with depth: 8e-3 (tiny T5) and 1.6e-2 (tiny Llama) trained; with
-#   random weights (width 256, LoRA r=16 on all linears) 1.6e-2 / 2.0e-2 / 3.2e-2 for
-#   T5 with 2 / 8 / 24 layers per stack and 0.8e-2 / 1.5e-2 / 2.0e-2 for Llama.
-# UL2 (32 + 32 layers) could not be measured here; 1e-1 leaves ~3x over the deepest
-# measurement. A missing or wrong merge moves the logits by about the adapter's own
-# effect (adapter_effect_max_abs in the report; 0.2-1 of the largest logit in those
-# runs), so it still fails, and a warning says when the effect is too small to tell.
-TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-1}
-VERIFY_HINT = {
-    "bfloat16": "Retry with --dtype float32 to tell bf16 rounding from a broken merge.",
-    "float32": "In float32 that is not rounding: the merge is wrong (PEFT version, layer type?).",
-}
-
-# Fixed (intent, snippet, target) rows: sources are built with the adapter's template,
-# targets feed the decoder (or follow the prompt for causal LMs). One has no intent.
-VERIFY_ROWS = [
-    ("sort list `x` in descending order", "sorted(x, reverse=True)", "sort list `x` descending"),
-    ("How to join a list of strings?", "', '.join(words)", "join strings in `words` with ', '"),
-    (None, "json.loads(text)", "parse the JSON string `text`"),
-    ("read a whole file", "open('data.txt').read()", "read the contents of file 'data.txt'"),
-    ("count occurrences", "items.count(7)", "count the occurrences of 7 in list `items`"),
-    ("convert string to int", "int(s)", "convert string `s` to an integer"),
-]
-
 LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])")
 TASK_TYPE = {True: "SEQ_2_SEQ_LM", False: "CAUSAL_LM"}
-
-
-class MergeError(RuntimeError):
-    """A merge that ran but must not be trusted or published (verification, push)."""
 
 
 @dataclass
@@ -156,11 +125,8 @@ class MergeArguments:
             raise ValueError(
                 f"--max_shard_size {self.max_shard_size}: not a size; write e.g. 5GB or 200MB"
             ) from err
-        if self.push_to_hub is not None and self.push_to_hub.count("/") != 1:
-            raise ValueError(
-                f"--push_to_hub {self.push_to_hub}: give the full repo id NAMESPACE/NAME, "
-                "where NAMESPACE is your user name or an organisation you can write to"
-            )
+        if self.push_to_hub is not None:
+            check_repo_id("--push_to_hub", self.push_to_hub)
 
 
 @dataclass
@@ -175,7 +141,7 @@ class Adapter:
 def main(argv: list[str] | None = None) -> dict:
     """Merge, verify and save; return the merge report. Raises on any refusal."""
     start = time.perf_counter()
-    (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_with_config((MergeArguments,), argv)
     check_output(args)
     adapter = inspect_adapter(args.adapter)
     base = args.base or adapter.config["base_model_name_or_path"]
@@ -193,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     save_atomically(model, tokenizer, adapter, report, args, start)
     print_summary(report, args.output)
     if args.push_to_hub:
-        push(Path(args.output), args.push_to_hub)
+        print(f"  pushed to {push_folder(args.output, args.push_to_hub)}")
     return report
 
 
@@ -225,7 +191,10 @@ def inspect_adapter(directory: str) -> Adapter:
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
         raise ValueError(f"--adapter {directory}: no adapter_config.json; is this a PEFT adapter?")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"--adapter {config_file}: not valid JSON ({err})") from None
     if config.get("peft_type") != "LORA":
         raise ValueError(f"--adapter {directory}: peft_type {config.get('peft_type')}, not LORA")
     template = SourceTemplate.load(path)
@@ -324,89 +293,6 @@ def load_adapter_model(base: str, adapter: Adapter, config, args: MergeArguments
     return model, tokenizer
 
 
-def merge_and_verify(model, tokenizer, template: SourceTemplate, args: MergeArguments):
-    """Merge in place; unless --no_verify, fail if the merged logits left the adapter's.
-
-    The adapter (and base) logits are taken before merge_and_unload, which rewrites
-    the same weights, so only one model copy is ever in memory.
-    """
-    if args.no_verify:
-        return model.merge_and_unload(), {"skipped": True}
-    inputs, mask = verification_batch(tokenizer, template, model.config)
-    adapter_logits = valid_logits(model, inputs, mask)
-    with model.disable_adapter():
-        base_logits = valid_logits(model, inputs, mask)
-    model = model.merge_and_unload()
-    merged_logits = valid_logits(model, inputs, mask)
-    scale = max(1.0, float(adapter_logits.abs().max()))
-    verification = {
-        "max_abs_diff": float((merged_logits - adapter_logits).abs().max()),
-        "tolerance": TOLERANCE[args.dtype] * scale,
-        "max_abs_logit": scale,
-        "adapter_effect_max_abs": float((adapter_logits - base_logits).abs().max()),
-        "n_inputs": len(VERIFY_ROWS),
-        "n_positions": int(mask.sum()),
-    }
-    verification["passed"] = verification["max_abs_diff"] <= verification["tolerance"]
-    if not verification["passed"]:
-        raise MergeError(
-            f"verification failed: merged logits differ from the adapter model's by "
-            f"{verification['max_abs_diff']:.3g} (tolerance {verification['tolerance']:.3g}, "
-            f"dtype {args.dtype}); nothing was written. {VERIFY_HINT[args.dtype]}"
-        )
-    if verification["adapter_effect_max_abs"] <= verification["tolerance"]:
-        logger.warning(
-            "the adapter changes the logits by at most %.3g, within the tolerance: the "
-            "verification cannot tell a merged model from the base here",
-            verification["adapter_effect_max_abs"],
-        )
-    return model, verification
-
-
-def verification_batch(tokenizer, template: SourceTemplate, config):
-    """Model inputs for VERIFY_ROWS and the mask of the positions whose logits count.
-
-    Encoder-decoders get the source on the encoder and decoder_start + target on the
-    decoder; causal LMs get source + target as one sequence. Sequences are right-padded
-    by hand (any pad id works: padded positions are masked out and, with right padding,
-    never influence a real position), so a tokenizer without a pad token is fine.
-    """
-    sources = [template.format(intent, snippet) for intent, snippet, _ in VERIFY_ROWS]
-    targets = [target for _, _, target in VERIFY_ROWS]
-    if not config.is_encoder_decoder:
-        ids, mask = pad([tokenizer(s + t)["input_ids"] for s, t in zip(sources, targets)])
-        return {"input_ids": ids, "attention_mask": mask}, mask
-    start = config.decoder_start_token_id
-    if start is None:
-        raise ValueError("the base config has no decoder_start_token_id; cannot verify")
-    source_ids, source_mask = pad([tokenizer(s)["input_ids"] for s in sources])
-    target_ids = [[start, *tokenizer(text_target=t)["input_ids"][:-1]] for t in targets]
-    decoder_ids, decoder_mask = pad(target_ids)
-    inputs = {
-        "input_ids": source_ids,
-        "attention_mask": source_mask,
-        "decoder_input_ids": decoder_ids,
-        "decoder_attention_mask": decoder_mask,
-    }
-    return inputs, decoder_mask
-
-
-def pad(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, sequences))
-    ids = torch.zeros(len(sequences), width, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
-    return ids, mask
-
-
-@torch.inference_mode()
-def valid_logits(model, inputs: dict, mask: torch.Tensor) -> torch.Tensor:
-    """Logits at the unpadded positions, as float32 [positions, vocab]."""
-    return model(**inputs).logits[mask.bool()].float()
-
-
 def save_atomically(model, tokenizer, adapter: Adapter, report: dict, args, start: float):
     """Write everything into a temp dir beside --output, then rename it into place."""
     output = Path(args.output).resolve()
@@ -441,98 +327,6 @@ def replace_dir(new: Path, output: Path) -> None:
     shutil.rmtree(old)
 
 
-def model_card(report: dict, adapter: Adapter) -> str:
-    """README.md: base, adapter, LoRA settings, training run, metrics, template, check."""
-    base = report["base"]
-    lora = adapter.config
-    # A list of module names (Llama's all-linear lists every layer's full path: keep the
-    # distinct leaf names) or one regex string.
-    targets = lora.get("target_modules")
-    if isinstance(targets, list):
-        targets = sorted({name.rsplit(".", 1)[-1] for name in targets})
-    run_dir = adapter.path.resolve().parent
-    metrics = read_json(run_dir / "metrics.json")
-    summary = read_json(run_dir / "train_summary.json")
-    # Hub metadata must name a Hub model; a local base path is only stated in the text.
-    front = f"base_model: {base}\n" if not Path(base).exists() else ""
-    lines = [
-        f"---\n{front}library_name: transformers\ntags:\n- lora\n- merged\n- conala\n---",
-        "# CoNaLa intent rewriter (merged LoRA)",
-        "",
-        f"- Base model: `{base}`",
-        f"- Adapter: `{report['adapter']}` (LoRA r={lora.get('r')}, "
-        f"alpha={lora.get('lora_alpha')}, targets {targets})",
-        f"- Merge dtype: {report['dtype']}",
-        "",
-        "## Source template (inference must format sources this way)",
-        "",
-        f"Prefix: `{json.dumps(adapter.template.prefix)}`; template: "
-        f"`{json.dumps(adapter.template.template)}` (fields: intent, snippet; a missing "
-        "intent is the empty string). Stored in `source_template.json`, which translate-mined "
-        "reads by default."
-        + ("" if adapter.template_recorded else " The adapter recorded none: this is the default."),
-        "",
-        "## Training run",
-        "",
-        training_section(summary, run_dir),
-        "",
-        "## Validation metrics (from the run's metrics.json)",
-        "",
-        metrics_section(metrics),
-        "",
-        "## Merge verification",
-        "",
-        verification_section(report["verification"]),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def training_section(summary: dict | None, run_dir: Path) -> str:
-    if summary is None:
-        return f"No train_summary.json in `{run_dir}`; training data and steps not recorded."
-    data = {k: summary[k] for k in ("train_file", "validation_file") if k in summary}
-    data_line = (
-        ", ".join(f"{k}: `{v}`" for k, v in data.items())
-        if data
-        else "not recorded by the run (train.finetune's --train_file; CoNaLa curated by default)"
-    )
-    return (
-        f"Data: {data_line}. Run dir `{run_dir}`: {summary.get('global_step')} steps on "
-        f"{summary.get('world_size')} ranks, {summary.get('train_seconds', 0):.0f} s."
-    )
-
-
-def metrics_section(metrics: dict | None) -> str:
-    if metrics is None:
-        return "No metrics.json next to the adapter."
-    lines = []
-    if metrics.get("eval_loss"):
-        last = metrics["eval_loss"][-1]
-        lines.append(f"- eval loss {last['eval_loss']:.4f} at step {last['step']}")
-    generation = metrics.get("generation")
-    if generation:
-        lines.append(
-            f"- BLEU {generation['bleu']:.2f}, chrF {generation['chrf']:.2f}, exact match "
-            f"{generation['exact_match']:.3f} on {generation['samples']} validation pairs"
-        )
-    return "\n".join(lines) or "metrics.json holds no eval loss or generation metrics."
-
-
-def verification_section(verification: dict) -> str:
-    if verification.get("skipped"):
-        return "Skipped (--no_verify): the merged model was not compared with the adapter."
-    return (
-        f"Logits of the merged model vs base + adapter on {verification['n_inputs']} fixed "
-        f"inputs: max abs diff {verification['max_abs_diff']:.3g}, tolerance "
-        f"{verification['tolerance']:.3g}: {'passed' if verification['passed'] else 'FAILED'}."
-    )
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def print_summary(report: dict, output: str) -> None:
     verification = report["verification"]
     check = (
@@ -549,44 +343,6 @@ def print_summary(report: dict, output: str) -> None:
     )
 
 
-def push(output: Path, repo_id: str) -> None:
-    """Upload the saved merge; every failure says how to fix it and how to retry by hand."""
-    retry = f"The merged model is saved in {output}; upload it with `hf upload {repo_id} {output}`."
-    if get_token() is None:
-        raise MergeError(
-            f"--push_to_hub {repo_id}: not logged in to the Hugging Face Hub. Run "
-            f"`hf auth login` (or set HF_TOKEN to a token with write access). {retry}"
-        )
-    api = HfApi()
-    try:
-        user = api.whoami()
-    except Exception as err:  # offline, expired token, ...: the hub client raises many types
-        raise MergeError(f"--push_to_hub: cannot check the Hub login ({err}). {retry}") from err
-    writable = {user["name"], *(org["name"] for org in user.get("orgs", []))}
-    namespace = repo_id.split("/")[0]
-    if namespace not in writable:
-        raise MergeError(
-            f"--push_to_hub {repo_id}: logged in as {user['name']}, who can write to "
-            f"{sorted(writable)}, not {namespace}. Use one of those namespaces. {retry}"
-        )
-    try:
-        api.create_repo(repo_id, private=True, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(output))
-    except Exception as err:
-        raise MergeError(f"--push_to_hub {repo_id}: upload failed ({err}). {retry}") from err
-    print(f"  pushed to https://huggingface.co/{repo_id}")
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """Exit status for the shell: refusals print one `merge: error:` line, not a traceback."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level="INFO")
-    try:
-        main(argv)
-    except (ValueError, EmptyAdapterError, MergeError) as err:
-        print(f"merge: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level="INFO")
+    run(main, "train.merge")

@@ -239,6 +239,7 @@ class CTranslate2Engine(Engine):
         )
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self._setup(translator, tokenizer, options, max_batch_tokens)
+        self.model_dir = model_dir
 
     @classmethod
     def from_translator(

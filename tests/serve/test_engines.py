@@ -12,6 +12,7 @@ both the agreement and the over-long-prompt tests.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -20,9 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import repo_env
 from transformers import AutoTokenizer
 
+from common.cli import UserError
 from data.prompts import SourceTemplate
 from serve.engines import ENGINES, create_engine, engine_class, select_engine
 from serve.engines.base import GenerationOptions
@@ -83,45 +86,39 @@ def test_auto_selection(tiny_models):
 
 
 def test_vllm_refuses_encoder_decoder(tiny_models):
-    with pytest.raises(ValueError, match="encoder-decoder") as error:
+    with pytest.raises(UserError, match="encoder-decoder") as error:
         create_engine("vllm", tiny_models["t5"])
     assert "hf" in str(error.value) and "ctranslate2" in str(error.value)
-    # The engine itself refuses too (before importing vllm), for callers that skip selection.
-    from serve.engines.vllm import VLLMEngine
-
-    with pytest.raises(ValueError, match="ctranslate2 or --engine hf"):
-        VLLMEngine(str(tiny_models["t5"]))
 
 
 def test_ctranslate2_refuses_decoder_only(tiny_models, tmp_path):
-    with pytest.raises(ValueError, match="vllm or hf"):
-        select_engine(tiny_models["llama"], "ctranslate2")
-    from serve.engines.ctranslate2 import CTranslate2Engine
-
-    with pytest.raises(ValueError, match="decoder-only.*--engine vllm or --engine hf"):
-        CTranslate2Engine(str(tiny_models["llama"]), cache_dir=tmp_path)
+    with pytest.raises(UserError, match="vllm or hf"):
+        create_engine("ctranslate2", tiny_models["llama"], cache_dir=tmp_path)
     assert not any(tmp_path.iterdir()), "nothing is converted for a refused model"
 
 
-def test_unknown_engine_and_missing_model(tiny_models, tmp_path):
-    with pytest.raises(ValueError, match="Unsupported engine: trt .*auto, hf, ctranslate2, vllm"):
+def test_unknown_engine_and_bad_model_paths(tiny_models, tmp_path):
+    with pytest.raises(UserError, match="Unsupported engine: trt .*auto, hf, ctranslate2, vllm"):
         create_engine("trt", tiny_models["t5"])
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         create_engine("auto", missing)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(UserError, match="no config.json"):
         select_engine(tmp_path, "hf")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="is a LoRA adapter.*make merge"):
+        select_engine(tmp_path, "auto")
 
 
-def test_engine_options_checked(tiny_models, tmp_path):
-    # Named engine: an option it lacks is an error; under auto it is dropped, None too.
-    with pytest.raises(TypeError, match="no option.*compute_type"):
-        create_engine("hf", tiny_models["t5"], compute_type="int8")
-    engine = create_engine(
-        "auto", tiny_models["t5"], dtype="float32", compute_type=None, cache_dir=tmp_path
-    )
-    assert engine.capabilities.name == "ctranslate2"
+def test_precision_is_one_option_for_every_engine(tiny_models, tmp_path):
+    engine = create_engine("auto", tiny_models["t5"], precision="float32", cache_dir=tmp_path)
+    assert engine.capabilities.name == "ctranslate2" and engine.compute_type == "float32"
     engine.close()
+    hf = create_engine("hf", tiny_models["t5"], precision="bfloat16")
+    assert next(hf.model.parameters()).dtype == torch.bfloat16
+    hf.close()
+    with pytest.raises(ValueError, match="--precision int8 is not available with the hf engine"):
+        create_engine("hf", tiny_models["t5"], precision="int8")
 
 
 # --------------------------------------------------------------------------- ctranslate2
@@ -137,21 +134,21 @@ def test_conversion_cache(tiny_models, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_models["t5"], model)
     cache = tmp_path / "cache"
-    first = CTranslate2Engine(str(model), compute_type="float32", cache_dir=cache)
+    first = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
     [converted] = ct2_dirs(cache)
     assert first.model_dir == converted and (converted / "model.bin").is_file()
     marker = (converted / CACHE_MARKER).stat().st_mtime_ns
     first.close()
 
     # Same model and quantization: the cached conversion is reused as it is.
-    second = CTranslate2Engine(str(model), compute_type="float32", cache_dir=cache)
+    second = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
     assert second.model_dir == converted
     assert (converted / CACHE_MARKER).stat().st_mtime_ns == marker
     assert ct2_dirs(cache) == [converted]
     second.close()
 
     # Another quantization converts anew, beside the first.
-    int8 = CTranslate2Engine(str(model), compute_type="int8", cache_dir=cache)
+    int8 = CTranslate2Engine(str(model), precision="int8", cache_dir=cache)
     assert int8.compute_type == "int8_float32"
     assert int8.model_dir != converted and len(ct2_dirs(cache)) == 2
     assert json.loads((int8.model_dir / CACHE_MARKER).read_text())["quantization"] == (
@@ -162,7 +159,7 @@ def test_conversion_cache(tiny_models, tmp_path):
     # A changed model (new weights file) converts anew.
     weights = model / "model.safetensors"
     os.utime(weights, ns=(time.time_ns(), weights.stat().st_mtime_ns + 1_000_000_000))
-    changed = CTranslate2Engine(str(model), compute_type="float32", cache_dir=cache)
+    changed = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
     assert changed.model_dir not in (converted, int8.model_dir) and len(ct2_dirs(cache)) == 3
     changed.close()
 
@@ -175,10 +172,10 @@ def test_conversion_cache(tiny_models, tmp_path):
     (stale / "model.bin").write_bytes(b"truncated")
     killed_tmp = cache / f"{stale.name}.tmp-killed"
     killed_tmp.mkdir()
-    again = CTranslate2Engine(str(model), compute_type="float32", cache_dir=cache)
+    again = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
     assert again.model_dir == stale and (stale / CACHE_MARKER).is_file()
     assert not killed_tmp.exists()
-    assert isinstance(again.generate(["x = 1"])[0], str)
+    assert isinstance(again.generate(["x = 1"])[0].text, str)
     again.close()
 
 
@@ -188,16 +185,16 @@ def test_ctranslate2_int8_runs(tiny_models, fixture_dir, tmp_path):
     sources = fixture_sources(tiny_models["t5"], fixture_dir, n=40)
     engine = CTranslate2Engine(
         str(tiny_models["t5"]),
-        compute_type="int8",
+        precision="int8",
         cache_dir=tmp_path,
         options=GenerationOptions(max_new_tokens=16, min_new_tokens=4),
-        intra_threads=1,
+        cpu_threads=1,
     )
     assert engine.capabilities.truncates_sources and engine.capabilities.device == "cpu"
     result = run_planner(engine, sources)
     assert not any(result.errors)
     assert all(isinstance(out, str) for out in result.outputs)
-    assert 4 * result.unique_sources <= engine.generated_tokens <= 16 * result.unique_sources
+    assert 4 * result.unique_sources <= result.generated_tokens <= 16 * result.unique_sources
     engine.close()
 
 
@@ -214,16 +211,16 @@ def test_ctranslate2_matches_hf_on_merged_t5(merged_models, fixture_dir, tmp_pat
         GenerationOptions(max_new_tokens=64),
         GenerationOptions(max_new_tokens=6, min_new_tokens=4, max_source_length=12),
     ):
-        hf = HFEngine(str(model), options=options, dtype="float32")
+        hf = HFEngine(str(model), options=options, precision="float32")
         ct2 = CTranslate2Engine(
-            str(model), options=options, compute_type="float32", cache_dir=tmp_path
+            str(model), options=options, precision="float32", cache_dir=tmp_path
         )
         expected, got = run_planner(hf, sources), run_planner(ct2, sources)
         match = agreement(expected.outputs, got.outputs)
         print(f"\nhf vs ctranslate2 on merged T5 ({options}): {match:.1%} of {len(sources)} rows")
         assert match == 1.0, first_mismatches(expected.outputs, got.outputs)
         assert got.truncated == expected.truncated
-        assert ct2.generated_tokens == hf.generated_tokens
+        assert got.generated_tokens == expected.generated_tokens
         assert len(set(expected.outputs)) > 1, "a model that says one thing tests little"
         hf.close()
         ct2.close()
@@ -266,7 +263,7 @@ def vllm_run(merged_models, fixture_dir, tmp_path_factory):
     try:
         # hf meanwhile, on the rows both can answer, with the same limits.
         options = GenerationOptions(max_new_tokens=64, max_source_length=VLLM_SOURCE_LIMIT)
-        hf = HFEngine(str(model), options=options, dtype="float32")
+        hf = HFEngine(str(model), options=options, precision="float32")
         started = time.monotonic()
         expected = run_planner(hf, sources)
         hf_seconds = time.monotonic() - started
@@ -298,11 +295,14 @@ def test_vllm_agrees_with_hf_on_merged_llama(vllm_run):
         "encoder_decoder": False,
         "truncates_sources": False,
         "device": "cpu",
+        "whole_shard": True,
     }
     # count_tokens is the HF tokenizer's count, special tokens included.
     tokenizer = vllm_run["tokenizer"]
     assert vllm["counts"] == [len(tokenizer(s).input_ids) for s in vllm_run["sent"]]
     assert vllm["generated_tokens"] > 0
+    # The whole de-duplicated shard went to vLLM in one planned call.
+    assert vllm["batches"] == 1
 
 
 @pytest.mark.slow
@@ -313,10 +313,11 @@ def test_vllm_over_long_prompts_are_row_errors(vllm_run):
     assert outputs[-2] is None and outputs[-1] is None
     # Over the source limit: refused by the planner before generation.
     assert over is not None and f"over the {VLLM_SOURCE_LIMIT}-token limit" in over
-    # Within the source limit but over max_model_len: generate raised, the planner's
-    # row-by-row retry confined the failure to this row.
+    # Within the source limit but over max_model_len: the whole-shard call raised, and
+    # the planner's bisection confined the failure to this row in a few extra calls.
     assert between is not None and f"max_model_len={VLLM_MODEL_LEN}" in between
     assert vllm["max_model_len"] == VLLM_MODEL_LEN
+    assert 1 < vllm["calls"] <= 1 + 2 * math.ceil(math.log2(ROWS + 1))
     assert all(e is None for e in errors[:ROWS]) and all(o is not None for o in outputs[:ROWS])
     # vLLM's own check raises too, and the engine still answers afterwards.
     assert (
@@ -332,7 +333,7 @@ if __name__ == "__main__":
     model, sources_file, out_file = sys.argv[1:4]
     options = GenerationOptions(max_new_tokens=64, max_source_length=VLLM_SOURCE_LIMIT)
     engine = create_engine(
-        "vllm", model, options=options, dtype="float32", max_model_len=VLLM_MODEL_LEN
+        "vllm", model, options=options, precision="float32", max_model_len=VLLM_MODEL_LEN
     )
     sources = json.loads(Path(sources_file).read_text())
     started = time.monotonic()
@@ -349,12 +350,14 @@ if __name__ == "__main__":
         vllm_raised = None
     except Exception as error:
         vllm_raised = f"{type(error).__name__}: {error}"
-    after = engine.generate([ok])[0]
+    after = engine.generate([ok])[0].text
     out = {
         "outputs": result.outputs,
         "errors": result.errors,
         "capabilities": engine.capabilities.__dict__,
-        "generated_tokens": engine.generated_tokens,
+        "generated_tokens": result.generated_tokens,
+        "batches": result.batches,
+        "calls": result.calls,
         "counts": engine.count_tokens(sources),
         "max_model_len": engine.max_model_len,
         "vllm_raised": vllm_raised,

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data.schema import OUTPUT_SCHEMA
-from serve.sink import ResumeMismatch, ShardSink, read_output
+from serve.sink import ResumeMismatch, RunReplaced, ShardSink, read_output
 
 REPO = Path(__file__).resolve().parents[2]
 # A tuple on purpose: the manifest stores it as a JSON list, and resuming must still match.
@@ -163,9 +163,11 @@ def test_parts_have_the_output_schema_and_the_manifest_records_them(two_shards):
     assert recorded["params"] == json.loads(json.dumps(PARAMS))
     assert recorded["rows_per_shard"] == 600
     assert recorded["schema"]["names"] == OUTPUT_SCHEMA.names
+    assert len(recorded["run_id"]) == 32
     assert recorded["shards"]["1"] == {
         "file": "part-00001.parquet",
         "rows": 600,
+        "run_id": recorded["run_id"],
         "stats": {"errors": 600},
     }
 
@@ -200,11 +202,36 @@ def test_overwrite_with_different_params_wipes_the_old_run(tmp_path):
     old.write(0, rows(0, 10))
     old.write(1, rows(10, 10))
     (tmp_path / ".part-00002.parquet.tmp").write_bytes(b"left by a killed writer")
+    # While the old run's writer is alive, its run cannot be replaced under it.
+    with pytest.raises(ResumeMismatch, match="being written by another live process"):
+        make_sink(tmp_path, params={**PARAMS, "model": "big-t5"}, overwrite=True)
+    assert old.done() == {0, 1}
+    old.close()
     new = make_sink(tmp_path, params={**PARAMS, "model": "big-t5"}, overwrite=True)
     assert new.done() == set()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".manifest.lock", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".manifest.lock",
+        ".run.lock",
+        "manifest.json",
+    ]
     assert manifest(tmp_path)["params"]["model"] == "big-t5"
     assert manifest(tmp_path)["shards"] == {}
+    assert manifest(tmp_path)["run_id"] != old.run_id
+
+
+def test_a_writer_whose_run_was_replaced_stops_without_writing(tmp_path):
+    sink = make_sink(tmp_path)
+    sink.write(0, rows(0, 10))
+    # Another run took the directory by a path the run lock cannot see (say, storage
+    # without flock): the manifest now names another run id.
+    replaced = {**manifest(tmp_path), "run_id": "f" * 32, "shards": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(replaced))
+    with pytest.raises(RunReplaced, match="replaced by another process"):
+        sink.write(1, rows(10, 10))
+    assert not (tmp_path / "part-00001.parquet").exists()
+    assert not list(tmp_path.glob(".part-*.tmp"))
+    with pytest.raises(RunReplaced):
+        sink.finish(2)
 
 
 def test_part_files_without_a_manifest_are_not_adopted(tmp_path):
@@ -292,6 +319,7 @@ def test_concurrent_ranks_share_one_directory(tmp_path):
     old = make_sink(output_dir, params={**PARAMS, "model": "old"})
     for index in range(NUM_SHARDS + 4):
         old.write(index, rows(10 * index, 10))
+    old.close()  # that run's process has ended: a live one could not be replaced
     children = [spawn("rank", str(output_dir), str(rank), "2") for rank in (0, 1)]
     assert [child.wait(timeout=120) for child in children] == [0, 0]
 
@@ -317,7 +345,12 @@ def test_finish_counts_files_and_fills_manifest_gaps(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(lagging))
     result = sink.finish(2)
     assert result["complete"] is True and result["num_shards"] == 2
-    assert result["shards"]["1"] == {"file": "part-00001.parquet", "rows": 7, "stats": {}}
+    assert result["shards"]["1"] == {
+        "file": "part-00001.parquet",
+        "rows": 7,
+        "run_id": sink.run_id,
+        "stats": {},
+    }
     assert manifest(tmp_path) == result
 
 

@@ -1,7 +1,7 @@
 """train.merge on the tiny T5 and Llama adapters from real ZeRO-3 runs.
 
 The merges of the session fixture run through the CLI (`merged_models`); refusals and
-small variations call `train.merge.cli` in-process, which is what `python -m
+small variations call `train.merge.main` in-process through `common.cli.run`, which is what `python -m
 train.merge` runs, to save a Python start-up per case. The equivalence check loads
 the merged checkpoints in a fresh process, as translate-mined will.
 """
@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import T5Config, T5ForConditionalGeneration
 
+from common.cli import run as run_cli
 from serve.engines.hf import load_model
 from train import merge
 
@@ -31,8 +32,9 @@ from peft import PeftModel
 from transformers import AutoTokenizer
 from data.loaders import load_curated
 from data.prompts import SourceTemplate
+from common.cli import run as run_cli
 from serve.engines.hf import load_model
-from train.merge import TOLERANCE
+from train.verify_merge import TOLERANCE
 
 cases, test_file = json.loads(sys.argv[1]), sys.argv[2]
 rows = load_curated(test_file, split="test").select(["intent", "snippet"]).to_pylist()
@@ -86,8 +88,9 @@ def flags(**values) -> list[str]:
 def merge_cli(capsys, **values) -> tuple[int, str]:
     """Run the CLI entry point in-process; return (exit code, stderr)."""
     capsys.readouterr()
-    code = merge.cli(flags(**values))
-    return code, capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(merge.main, "train.merge", flags(**values))
+    return exit_.value.code, capsys.readouterr().err
 
 
 def copy_adapter(run_dir: Path, tmp_path: Path) -> Path:
@@ -176,7 +179,7 @@ def test_refuses_a_llama_base_for_a_t5_adapter(capsys, tmp_path, trained_t5, tin
     code, err = merge_cli(
         capsys, adapter=trained_t5 / "adapter", output=output, base=tiny_models["llama"]
     )
-    assert code == 1
+    assert code == 2
     assert "--base" in err and "decoder-only" in err and "SEQ_2_SEQ_LM" in err
     assert str(tiny_models["t5"]) in err  # names the base the adapter was trained on
     assert_nothing_written(output)
@@ -199,7 +202,7 @@ def test_refuses_a_t5_base_of_another_width(capsys, tmp_path, trained_t5):
     T5ForConditionalGeneration(config).save_pretrained(base)
     output = tmp_path / "out"
     code, err = merge_cli(capsys, adapter=trained_t5 / "adapter", output=output, base=base)
-    assert code == 1
+    assert code == 2
     assert "does not match the adapter" in err and "in_features=128, base has 64" in err
     assert_nothing_written(output)
 
@@ -213,7 +216,7 @@ def test_refuses_an_adapter_of_empty_tensors(capsys, tmp_path, trained_t5):
     save_file({key: torch.empty(0) for key in keys}, str(weights))
     output = tmp_path / "out"
     code, err = merge_cli(capsys, adapter=adapter, output=output)
-    assert code == 1
+    assert code == 2
     assert f"{len(keys)} tensors with 0 elements" in err
     assert_nothing_written(output)
 
@@ -225,7 +228,7 @@ def test_refuses_a_truncated_adapter(capsys, tmp_path, trained_t5):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     output = tmp_path / "out"
     code, err = merge_cli(capsys, adapter=adapter, output=output)
-    assert code == 1
+    assert code == 2
     assert "cannot be read as safetensors" in err
     assert_nothing_written(output)
 
@@ -237,7 +240,7 @@ def test_existing_output_needs_overwrite(capsys, tmp_path, trained_llama):
     (output / "keep.txt").write_text("someone's work")
     args = {"adapter": trained_llama / "adapter", "output": output}
     code, err = merge_cli(capsys, **args)
-    assert code == 1
+    assert code == 2
     assert "not empty" in err and "--overwrite" in err
     assert (output / "keep.txt").is_file() and not (output / "config.json").exists()
 
@@ -252,7 +255,7 @@ def test_refuses_fp16(capsys, tmp_path):
     code, err = merge_cli(
         capsys, adapter=tmp_path / "adapter", output=tmp_path / "out", dtype="float16"
     )
-    assert code == 1
+    assert code == 2
     assert "--dtype float16 is refused" in err and "overflow" in err and "bfloat16" in err
 
 
@@ -270,7 +273,7 @@ def test_push_without_login_keeps_the_local_merge(tmp_path, trained_llama):
         HUGGING_FACE_HUB_TOKEN="",
         HF_TOKEN_PATH=tmp_path / "no-token",
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]
     assert "not logged in" in proc.stderr and "hf auth login" in proc.stderr
     assert "HF_TOKEN" in proc.stderr
     assert json.loads((output / "merge_report.json").read_text())["verification"]["passed"]

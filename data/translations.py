@@ -1,0 +1,134 @@
+"""Reading translate-mined output directories: checks first, then rows as a stream.
+
+A translations directory is what `python -m serve.translate --output_dir DIR` leaves:
+`part-XXXXX.parquet` shards in `data.schema.OUTPUT_SCHEMA` plus `manifest.json`
+(params, rows_per_shard, shards, num_shards, complete; run_id in newer runs).
+Before any row is read, `open_translations` refuses what would make a dataset
+misleading: an unfinished run (unless allowed, and then it says how much is
+missing), shards of another run inside one directory, and several directories
+whose instructions were made with different parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.cli import UserError
+from data.schema import OUTPUT_SCHEMA, conform
+
+logger = logging.getLogger("data.translations")
+# Params that may differ between --translations directories: they describe which
+# input rows a directory holds, not how its instructions were made.
+INPUT_PARAMS = ("source_fingerprint", "limit")
+READ_BATCH_ROWS = 4096
+
+
+@dataclass
+class Translations:
+    params: dict
+    manifests: dict[str, dict]
+    files: list[Path]
+    rows: int
+    warnings: list[str]
+
+
+def open_translations(directories: list[str], allow_incomplete: bool) -> Translations:
+    """Check each directory's manifest, refuse mixed or unfinished runs, list the shards."""
+    manifests, files, rows, warnings = {}, [], 0, []
+    for directory in directories:
+        path = Path(directory)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--translations {directory}: directory not found")
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise UserError(
+                f"--translations {directory}: not a translations directory (no manifest.json); "
+                "give the --output_dir of `python -m serve.translate`"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{manifest_path}: not valid JSON ({err.msg})") from err
+        if "params" not in manifest:
+            raise UserError(f"{manifest_path}: has no params; not written by serve.translate")
+        check_run_ids(directory, manifest)
+        shards = sorted(path.glob("part-*.parquet"))
+        present = sum(pq.ParquetFile(f).metadata.num_rows for f in shards)
+        if not manifest.get("complete") or "num_shards" not in manifest:
+            message = incomplete_message(directory, manifest, shards, present)
+            if not allow_incomplete:
+                raise UserError(
+                    f"{message}. Finish it by rerunning the same serve.translate command, "
+                    "or pass --allow_incomplete to build from the rows that are there"
+                )
+            logger.warning("%s; building from them (--allow_incomplete)", message)
+            warnings.append(message)
+        manifests[directory] = manifest
+        files += shards
+        rows += present
+    first, *others = manifests
+    for other in others:
+        check_same_params(first, manifests[first]["params"], other, manifests[other]["params"])
+    return Translations(manifests[first]["params"], manifests, files, rows, warnings)
+
+
+def check_run_ids(directory: str, manifest: dict) -> None:
+    run_id = manifest.get("run_id")
+    for index, entry in sorted(manifest.get("shards", {}).items()):
+        shard_run = entry.get("run_id") if isinstance(entry, dict) else None
+        if run_id and shard_run and shard_run != run_id:
+            raise UserError(
+                f"--translations {directory}: mixed parameters: shard {index} was written by run "
+                f"{shard_run}, the manifest is run {run_id}; retranslate that shard or the "
+                "directory with one set of parameters"
+            )
+
+
+def incomplete_message(directory: str, manifest: dict, shards: list[Path], present: int) -> str:
+    head = f"--translations {directory}: the manifest says the run is incomplete"
+    have = f"{len(shards)} shard(s) with {present} rows present"
+    per_shard = manifest.get("rows_per_shard")
+    if "num_shards" in manifest and per_shard:
+        done = {int(p.stem.split("-")[1]) for p in shards}
+        missing = sorted(set(range(manifest["num_shards"])) - done)
+        return (
+            f"{head} ({have}; {len(missing)} of {manifest['num_shards']} shards missing, "
+            f"up to {len(missing) * per_shard} input rows)"
+        )
+    limit = manifest["params"].get("limit")
+    if limit is not None:
+        return f"{head} ({have}; {max(limit - present, 0)} of --limit {limit} input rows missing)"
+    return (
+        f"{head} ({have}; the run did not finish, so the number of missing input rows is unknown)"
+    )
+
+
+def check_same_params(first: str, a: dict, other: str, b: dict) -> None:
+    differ = sorted(
+        key for key in set(a) | set(b) if key not in INPUT_PARAMS and a.get(key) != b.get(key)
+    )
+    if differ:
+        details = "; ".join(
+            f"{k}: {a.get(k)!r} in {first} vs {b.get(k)!r} in {other}" for k in differ
+        )
+        raise UserError(f"--translations: mixed parameters ({details}); build one dataset per run")
+
+
+def iter_translations(files: list[Path]):
+    """("mined", record batch) pairs, shard by shard, a few thousand rows at a time."""
+    for path in files:
+        with pq.ParquetFile(path) as shard:
+            for batch in shard.iter_batches(batch_size=READ_BATCH_ROWS):
+                yield (
+                    "mined",
+                    conform(pa.Table.from_batches([batch]), OUTPUT_SCHEMA, source=str(path)),
+                )
+        # Arrow's allocator keeps freed pages for reuse; hand them back between shards
+        # so the peak does not creep with the number of shards read.
+        pa.default_memory_pool().release_unused()
