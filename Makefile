@@ -72,7 +72,7 @@ dataset: setup  ## translations -> instruction dataset: TRANSLATIONS, OUT, [CURA
 doctor: setup  ## what runs on this machine: devices, engines (a real generation each), RAM, disk
 	$(PY) -m serve.doctor $(ARGS)
 
-gpu-check: setup  ## GPU tests + UL2-architecture bench on one card -> bench/results/gpu/
+gpu-check:  ## (no setup: the GPU box is offline) GPU tests + UL2-architecture bench on one card -> bench/results/gpu/
 	scripts/gpu_check.sh $(ARGS)
 
 bench: setup  ## CPU benchmarks -> bench/results/{translate,train}.json (ARGS for both)

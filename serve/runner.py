@@ -92,17 +92,21 @@ def run_params(plan: Plan) -> dict:
     }
 
 
-def run(plan: Plan) -> dict:
-    args = plan.args
-    sink = ShardSink(
-        args.output_dir,
+def open_sink(plan: Plan) -> ShardSink:
+    """Join, start or (with --overwrite) replace the run in the output directory."""
+    return ShardSink(
+        plan.args.output_dir,
         schema=OUTPUT_SCHEMA,
         params=run_params(plan),
-        rows_per_shard=args.rows_per_shard,
+        rows_per_shard=plan.args.rows_per_shard,
         rank=plan.rank,
         world_size=plan.world,
-        overwrite=args.overwrite,
+        overwrite=plan.args.overwrite,
     )
+
+
+def run(plan: Plan, sink: ShardSink) -> dict:
+    args = plan.args
     done = sink.done()
     progress = tqdm(
         total=plan.inputs.rows,

@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     args, options = parse_with_config((TranslateArguments, GenerationOptions), argv)
     rank, world = rank_and_world()
     plan = runner.prepare(args, options, rank, world)  # refusals happen here, before writing
+    sink = runner.open_sink(plan)  # a refused resume is the last refusal
     setup_logging(rank, world)
-    return runner.run(plan)
+    return runner.run(plan, sink)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     create_engine("auto", model_path, device="cpu", options=GenerationOptions(...))
 
 `auto` sends decoder-only models to vllm and encoder-decoders to ctranslate2 when
-that engine can run on the device (serve.doctor's cached probe: installed, and its
+that engine can run on the device (serve.engines.probe, cached: installed, and its
 native libraries load there), and falls back to hf, which runs everything, with
 one warning that names the fix. A named engine that cannot run is refused before
 any work. Engine modules are imported only when chosen (vllm alone takes seconds).
@@ -96,7 +96,7 @@ def select_engine(
             f"--engine {name} cannot run {model_path}, a {family} model: {reason}; "
             f"use {' or '.join(runs)}"
         )
-    from serve.doctor import engine_probe
+    from serve.engines.probe import engine_probe
 
     for candidate in runs if name == "auto" else (name,):
         probe = engine_probe(candidate, device)

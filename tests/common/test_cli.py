@@ -1,0 +1,66 @@
+"""Every entry point answers a user mistake with one stderr line and exit code 2.
+
+Each case runs the real module in a fresh interpreter, as a user would. A missing
+file and an out-of-range flag are checked for every entry point; the line must
+name the file or the flag, and no traceback may appear unless `--debug` asks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import REPO, run
+
+TINY = str(REPO / "train/configs/tiny.yaml")
+
+# (module, args, text the one line must contain)
+CASES = [
+    ("serve.translate", ["--model", "nope-model", "--output_dir", "{tmp}/o", "--input",
+                         "{tmp}/missing.jsonl"], "missing.jsonl"),
+    ("serve.translate", ["--model", "m", "--output_dir", "{tmp}/o", "--rows_per_shard", "0"],
+     "--rows_per_shard"),
+    ("serve.translate", ["--model", "m", "--output_dir", "o", "--max_new_tokens", "-3"],
+     "--max_new_tokens"),
+    ("serve.translate", ["--model", "m", "--output_dir", "o", "--batch_tokens", "many"],
+     "--batch_tokens"),
+    ("train.finetune", ["--config", TINY, "--train_file", "{tmp}/missing.json"], "missing.json"),
+    ("train.finetune", ["--config", TINY, "--lora_r", "0"], "--lora_r"),
+    ("train.finetune", ["--config", "{tmp}/missing.yaml"], "missing.yaml"),
+    ("train.merge", ["--adapter", "{tmp}/missing", "--output", "{tmp}/m"], "missing"),
+    ("train.merge", ["--adapter", "a", "--output", "m", "--max_shard_size", "huge"],
+     "--max_shard_size"),
+    ("serve.inspect", ["{tmp}/missing"], "missing"),
+    ("serve.inspect", ["{tmp}", "--rows", "-1"], "--rows"),
+    ("data.stats", ["--input", "{tmp}/missing.json"], "missing.json"),
+    ("data.stats", ["--input", "x.json", "--max_source_length", "0"], "--max_source_length"),
+    ("data.instruct", ["--translations", "{tmp}/missing", "--output", "{tmp}/d"], "missing"),
+    ("data.instruct", ["--translations", "t", "--output", "d", "--min_prob", "2"],
+     "--min_prob"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("module", "args", "named"), CASES)
+def test_user_mistakes_get_one_line_and_exit_2(module, args, named, tmp_path):
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    proc = run([sys.executable, "-m", module, *args], check=False, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"{module}: error: ") and named in lines[0], lines[0]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run(
+        [sys.executable, "-m", "data.stats", "--input", str(tmp_path / "x.json"), "--debug"],
+        check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_yaml_config_refuses_unknown_keys(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: m\noutput_dir: o\nmax_new_token: 3\n")
+    proc = run([sys.executable, "-m", "serve.translate", "--config", config], check=False)
+    assert proc.returncode == 2 and "unknown key(s) ['max_new_token']" in proc.stderr

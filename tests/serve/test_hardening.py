@@ -1,0 +1,317 @@
+"""A hostile-but-realistic user against serve.translate: races, swaps, bad rows, bad starts.
+
+Every case runs the real CLI in real processes (the concurrency cases in several at
+once) on the tiny T5 through CTranslate2 float32, the default engine for it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, repo_env, run
+from safetensors.torch import load_file, save_file
+
+from serve.identity import model_fingerprint
+from serve.sink import read_output
+
+pytestmark = pytest.mark.slow
+
+
+def translate(model, source, out, *extra, check=False) -> subprocess.CompletedProcess:
+    return run(
+        [sys.executable, "-m", "serve.translate", "--model", model, "--input", source,
+         "--output_dir", out, "--max_new_tokens", "4", *extra],
+        check=check,
+    )  # fmt: skip
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def write_jsonl(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def mined_row(i: int, intent, snippet) -> dict:
+    return {"id": f"h{i}", "question_id": i, "parent_answer_post_id": 1, "prob": 0.5,
+            "intent": intent, "snippet": snippet}  # fmt: skip
+
+
+# Text kinds a mined row may hold; each must come back stored byte for byte.
+HOSTILE_TEXTS = [
+    ("null intent", None, "print(x)"),
+    ("empty intent", "", "len(a)"),
+    ("empty snippet", "sum a list", ""),
+    ("whitespace snippet", "sum", " \t "),
+    ("both null", None, None),
+    ("both blank", "  ", "\n\n"),
+    ("huge snippet", "huge", "x = 1\n" * 20_000),
+    ("C0 controls", "ctl \x00\x01\x07\x08", "a\x0bb\x0cc\x1f"),
+    ("DEL and C1", "del \x7f \x85 \x9b", "s = '\x7f'"),
+    ("ANSI escape", "red \x1b[31mtext\x1b[0m", "print('\x1b]0;title\x07')"),
+    ("bidi override", "abc \u202e fed", "x = '\u2066y\u2069'"),
+    ("zero width", "a\u200bb\u200dc\ufeff", "x\u200c = 1"),
+    ("combining", "e\u0301\u0301\u0301", "'n\u0303'"),
+    ("astral", "\U0001f600 \U00010348", "s = '\U0001d11e'"),
+    ("CJK and RTL", "字符串 سلسلة", "print('עברית')"),
+    ("line separators", "a\u2028b\u2029c", "x = 1\r\ny = 2\rz = 3"),
+    ("NBSP", "a\u00a0b\u3000c", "x\u00a0= 1"),
+    ("replacement char", "\ufffd bad", "'\ufffd'"),
+    ("noncharacters", "\ufdd0 \uffff", "'\U0010ffff'"),
+    ("private use", "\ue000\U000f0000", "x"),
+    ("long intent", "word " * 5000, "f(x)"),
+    ("braces", "{intent} {snippet} {} {0}", "'{}'.format(x)"),
+    ("percent", "%s %d %%", "'%s' % x"),
+    ("backslashes", "C:\\path\\n \\u0041", r"re.sub(r'\d+', '', s)"),
+    ("quotes", "\"'`", 's = "\'"'),
+    ("HTML", "<script>alert(1)</script>", "<b>&amp;</b>"),
+    ("template tokens", "[S2S] <extra_id_0> </s> <pad>", "<unk>"),
+    ("tabs only", "\t", "\tpass"),
+    ("one char", "x", "y"),
+    ("emoji", "\U0001f600 done", "ok = '\U0001f44d'"),
+]
+
+
+def test_every_hostile_row_gets_one_output_or_one_error(tiny_models, tmp_path):
+    rows = [mined_row(i, intent, snippet) for i, (_, intent, snippet) in enumerate(HOSTILE_TEXTS)]
+    # Half the lines \u-escaped (astral characters as surrogate pairs), half raw UTF-8.
+    lines = [json.dumps(row, ensure_ascii=i % 2 == 0).encode() for i, row in enumerate(rows)]
+    # Beyond what JSON can carry as text: a lone surrogate, raw bytes, broken lines.
+    lines += [
+        b'{"id": "lone", "question_id": 90, "parent_answer_post_id": 1, "prob": 0.5, '
+        b'"intent": "bad \\ud800 here", "snippet": "x = 1"}',
+        b"\xff\xfe\x00 not utf-8 at all",
+        b'{"id": "truncated", "question_id": 91',
+        b'{"id": "badtype", "question_id": "ninety-two", "parent_answer_post_id": 1, '
+        b'"prob": 0.5, "intent": "i", "snippet": "s"}',
+        b"[1, 2, 3]",
+    ]
+    source = write_jsonl(tmp_path / "hostile.jsonl", lines)
+    out = tmp_path / "out"
+    summary = json.loads(translate(tiny_models["t5"], source, out, check=True).stdout)
+    assert summary["complete"] and summary["rows"] == len(lines)
+    output = read_output(out).to_pylist()
+    assert len(output) == len(lines)
+    for row, (kind, intent, snippet) in zip(output, HOSTILE_TEXTS):
+        assert (row["intent"], row["snippet"]) == (intent, snippet), kind  # byte-identical
+        assert (row["rewritten_intent"] is None) != (row["error"] is None), kind
+    errors = [row["error"] for row in output]
+    assert [i for i, e in enumerate(errors[: len(HOSTILE_TEXTS)]) if e] == [4, 5]
+    assert all(errors[i].startswith("unusable row: both intent and snippet") for i in (4, 5))
+    assert all(errors[len(HOSTILE_TEXTS) :])
+    lone, raw, truncated, badtype, array = output[len(HOSTILE_TEXTS) :]
+    assert "line 31: intent is not valid Unicode" in lone["error"]
+    assert lone["intent"] == "bad \ufffd here" and lone["rewritten_intent"] is None
+    assert "line 32: not UTF-8" in raw["error"] and raw["id"] is None
+    assert "line 33: not valid JSON" in truncated["error"]
+    assert badtype["id"] == "badtype" and "question_id has value 'ninety-two'" in badtype["error"]
+    assert "line 35: expected a JSON object" in array["error"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["unreadable_rows"] == 5 and manifest["input_rows"] == len(lines)
+    # data.stats reads the same file to the end.
+    stats = run([sys.executable, "-m", "data.stats", "--input", source], check=True)
+    assert f"{len(lines)} rows, 5 unreadable" in stats.stdout
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{intent}\n{snippet:d}", "{snippet!z}", "{intent} {} {snippet}", "{intent", "{x}{snippet}"],
+)
+def test_broken_templates_are_refused_before_any_output(template, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    line = one_error_line(
+        translate(tiny_models["t5"], tiny_models["t5"].parent / "x.jsonl", out,
+                  "--source_template", template)
+    )  # fmt: skip
+    assert "--source_template" in line or "x.jsonl" in line
+    source = write_jsonl(tmp_path / "in.jsonl", [json.dumps(mined_row(1, "a", "b")).encode()])
+    line = one_error_line(translate(tiny_models["t5"], source, out, "--source_template", template))
+    assert line.startswith("serve.translate: error: --source_template")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("name", "content"), [("e.jsonl", b""), ("w.jsonl", b"\n  \n\t\n"),
+                                                ("a.json", b"[]")])  # fmt: skip
+def test_empty_input_is_refused_unless_allowed(name, content, tiny_models, tmp_path):
+    source = tmp_path / name
+    source.write_bytes(content)
+    out = tmp_path / "out"
+    assert "--allow_empty" in one_error_line(translate(tiny_models["t5"], source, out))
+    assert not out.exists()
+    summary = json.loads(
+        translate(tiny_models["t5"], source, out, "--allow_empty", check=True).stdout
+    )
+    assert summary["rows"] == 0 and summary["complete"]
+
+
+def test_a_wholly_unreadable_input_is_refused(tiny_models, tmp_path):
+    source = write_jsonl(tmp_path / "junk.jsonl", [b"\x00\xff garbage", b"{not json"])
+    line = one_error_line(translate(tiny_models["t5"], source, tmp_path / "out"))
+    assert "no row of the input can be read" in line and "junk.jsonl line 1" in line
+
+
+def test_a_failed_start_leaves_nothing_and_the_fixed_rerun_just_runs(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    good = write_jsonl(
+        tmp_path / "in.jsonl", [json.dumps(mined_row(i, f"do {i}", f"f({i})")).encode()
+                                for i in range(30)]
+    )  # fmt: skip
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    assert "not a readable Parquet file" in one_error_line(translate(tiny_models["t5"], bad, out))
+    assert "--model" in one_error_line(translate(tmp_path / "no-model", good, out))
+    assert not out.exists()
+    summary = json.loads(translate(tiny_models["t5"], good, out, check=True).stdout)
+    assert summary["rows"] == 30 and summary["complete"]
+    # A later failed start (bad flag value) leaves the finished run untouched.
+    before = (out / "manifest.json").read_text()
+    one_error_line(translate(tiny_models["t5"], good, out, "--source_template", "{}"))
+    assert (out / "manifest.json").read_text() == before
+
+
+def test_an_adapter_passed_as_model_says_merge_first(trained_t5, fixture_dir, tmp_path):
+    line = one_error_line(
+        translate(trained_t5 / "adapter", fixture_dir / "conala-mined.jsonl", tmp_path / "o")
+    )
+    assert "is a LoRA adapter" in line and "make merge" in line
+
+
+def test_model_replaced_at_the_same_path_is_refused(tiny_models, fixture_dir, tmp_path):
+    model = tmp_path / "model"
+    run(["cp", "-r", tiny_models["t5"], model])
+    mined = fixture_dir / "conala-mined.jsonl"
+    out = tmp_path / "out"
+    translate(model, mined, out, "--limit", "200", "--rows_per_shard", "100", check=True)
+    before = model_fingerprint(str(model))
+    # "Re-merge" into the same path: same files, same sizes, other weights.
+    weights = load_file(model / "model.safetensors")
+    save_file({k: v * 1.01 for k, v in weights.items()}, model / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    assert (model / "model.safetensors").stat().st_size == len(
+        (tiny_models["t5"] / "model.safetensors").read_bytes()
+    )
+    assert model_fingerprint(str(model)) != before
+    line = one_error_line(translate(model, mined, out, "--limit", "200", "--rows_per_shard", "100"))
+    assert "model_fingerprint" in line and "--overwrite" in line
+    translate(model, mined, out, "--limit", "200", "--rows_per_shard", "100", "--overwrite",
+              check=True)  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["model_fingerprint"] == model_fingerprint(str(model))
+
+
+def test_fingerprint_of_large_weight_files_follows_their_content(tmp_path):
+    import numpy as np
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    rng = np.random.default_rng(0)
+    shard = model / "model-00001-of-00001.safetensors"
+    shard.write_bytes(rng.bytes(48 << 20))  # sampled, not read whole
+    first = model_fingerprint(str(model))
+    shard.touch()  # a copy or touch without new content keeps it
+    (model / "README.md").write_text("card")
+    assert model_fingerprint(str(model)) == first
+    shard.write_bytes(rng.bytes(48 << 20))  # new weights, same size
+    assert model_fingerprint(str(model)) != first
+
+
+def test_concurrent_overwrite_cannot_mix_two_runs(tiny_models, fixture_dir, tmp_path):
+    """Process A runs; B starts on the same dir with other settings and --overwrite."""
+    mined, out = fixture_dir / "conala-mined.jsonl", tmp_path / "out"
+    common = ["--engine", "hf", "--rows_per_shard", "100"]  # hf: slow enough to race
+    a = subprocess.Popen(
+        [sys.executable, "-m", "serve.translate", "--model", tiny_models["t5"], "--input", mined,
+         "--output_dir", out, "--max_new_tokens", "24", "--min_new_tokens", "24", *common],
+        cwd=REPO, env=repo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("part-*.parquet"))) < 3:
+            assert a.poll() is None, a.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        b = translate(tiny_models["t5"], mined, out, *common, "--overwrite")
+        assert "being written by another live process" in one_error_line(b)
+        assert a.wait(timeout=600) == 0, a.communicate()[1][-3000:]
+    finally:
+        a.kill()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["params"]["generation"]["max_new_tokens"] == 24
+    assert {entry["run_id"] for entry in manifest["shards"].values()} == {manifest["run_id"]}
+    assert len(manifest["shards"]) == 20
+    # Once A has ended, B may replace the run: wholly, under a new run id.
+    translate(tiny_models["t5"], mined, out, *common, "--overwrite", check=True)
+    replaced = json.loads((out / "manifest.json").read_text())
+    assert replaced["run_id"] != manifest["run_id"]
+    assert replaced["params"]["generation"]["max_new_tokens"] == 4
+    assert {entry["run_id"] for entry in replaced["shards"].values()} == {replaced["run_id"]}
+    ids = read_output(out).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 2000
+
+
+def test_inspect_escapes_control_characters(tiny_models, tmp_path):
+    row = mined_row(1, "title \x1b]0;pwned\x07 red \x1b[31mX", "print('\x1b[2J')\r")
+    source = write_jsonl(tmp_path / "in.jsonl", [json.dumps(row).encode()])
+    translate(tiny_models["t5"], source, tmp_path / "out", check=True)
+    shown = run([sys.executable, "-m", "serve.inspect", tmp_path / "out"], check=True).stdout
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
+    assert "\\x1b]0;pwned\\x07" in shown and "\\x1b[2J" in shown
+    assert (
+        pq.read_table(tmp_path / "out" / "part-00000.parquet")["intent"][0].as_py()
+        == (row["intent"])
+    )
+
+
+def test_plain_python_launch_trains_as_one_rank(tiny_models, fixture_dir, tmp_path):
+    out = tmp_path / "run"
+    run(
+        [sys.executable, "-m", "train.finetune", "--config", "train/configs/tiny.yaml",
+         "--model_name_or_path", tiny_models["t5"],
+         "--train_file", fixture_dir / "conala-train.json",
+         "--validation_file", fixture_dir / "conala-test.json", "--output_dir", out,
+         "--max_steps", "2", "--generation_eval", "false"],
+        timeout=900,
+    )  # fmt: skip
+    assert json.loads((out / "train_summary.json").read_text())["world_size"] == 1
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_auto_falls_back_to_hf_when_ctranslate2_cannot_load(tiny_models, tmp_path):
+    """A CTranslate2 whose native library cannot load, as on a CUDA 13 stack without
+    cuBLAS 12: the real import fails the way the missing .so makes it fail."""
+    shadow = tmp_path / "shadow" / "ctranslate2"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        'raise OSError("libcublas.so.12: cannot open shared object file: No such file or '
+        'directory")\n'
+    )
+    path = f"{tmp_path / 'shadow'}:{REPO}"
+    source = write_jsonl(
+        tmp_path / "in.jsonl", [json.dumps(mined_row(i, f"do {i}", f"f({i})")).encode()
+                                for i in range(20)]
+    )  # fmt: skip
+    base = [sys.executable, "-m", "serve.translate", "--model", tiny_models["t5"], "--input",
+            source, "--max_new_tokens", "4"]  # fmt: skip
+    auto = run([*base, "--output_dir", tmp_path / "auto"], PYTHONPATH=path, check=True)
+    warnings = [line for line in auto.stderr.splitlines() if "cannot run on" in line]
+    assert len(warnings) == 1 and "libcublas.so.12" in warnings[0] and "using hf" in warnings[0]
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["params"]["engine"] == "hf" and manifest["complete"]
+    named = run([*base, "--output_dir", tmp_path / "ct2", "--engine", "ctranslate2"],
+                PYTHONPATH=path, check=False)  # fmt: skip
+    line = one_error_line(named)
+    assert "--engine ctranslate2 cannot run" in line and "nvidia-cublas-cu12" in line
+    assert not (tmp_path / "ct2").exists()
