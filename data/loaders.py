@@ -113,7 +113,11 @@ def iter_rows(
         return
     rows = _iter_json_rows(path) if file_format(path) == "json" else _iter_jsonl_rows(path)
     buffer: list[dict] = []
+    checked = False
     for where, row in rows:
+        if not checked and isinstance(row, dict):
+            _check_columns(path, row, schema)  # a column absent from the file, not a row
+            checked = True
         buffer.append(_conform_row(row, schema, f"{path} {where}"))
         if len(buffer) == batch_rows:
             yield pa.RecordBatch.from_pylist(buffer, schema=with_error(schema))
@@ -179,6 +183,15 @@ def _iter_jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
                 yield f"line {lineno}", ValueError(f"not UTF-8 ({err.reason} at byte {err.start})")
             except json.JSONDecodeError as err:
                 yield f"line {lineno}", ValueError(f"not valid JSON: {err.msg}")
+
+
+def _check_columns(path: Path, first: dict, schema: pa.Schema) -> None:
+    for name in schema.names:
+        if name not in first:
+            raise SchemaError(
+                f"{path}: missing column {name!r} (the first row has: "
+                f"{', '.join(map(str, first)) or 'nothing'})"
+            )
 
 
 def _conform_row(row: object, schema: pa.Schema, where: str) -> dict:

@@ -36,22 +36,25 @@ class SourceTemplate:
             raise ValueError("--source_template and --source_prefix must be strings")
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
-            # A sample row catches what parsing alone lets through: positional `{}`, format
-            # specs such as `{snippet:d}` and conversions such as `{snippet!z}`.
+        except ValueError as err:
+            raise ValueError(f"--source_template {self.template!r}: {err}") from None
+        unknown = names - _FIELDS
+        if unknown:
+            raise ValueError(
+                f"--source_template uses unknown field(s) {sorted(unknown)}; "
+                f"only {{intent}} and {{snippet}} are available"
+            )
+        try:
+            # A sample row catches what parsing lets through: positional `{}`, format specs
+            # such as `{snippet:d}` and conversions such as `{snippet!z}`.
             self.template.format(intent="sample intent", snippet="sample snippet")
         except (ValueError, IndexError, KeyError) as err:
             raise ValueError(
                 f"--source_template {self.template!r} cannot format a row: "
                 f"{type(err).__name__}: {err}; use {{intent}} and {{snippet}} only"
             ) from None
-        unknown = names - _FIELDS
-        if unknown:
-            raise ValueError(
-                f"source_template uses unknown field(s) {sorted(unknown)}; "
-                f"only {{intent}} and {{snippet}} are available"
-            )
         if "snippet" not in names:
-            raise ValueError("source_template must contain {snippet}")
+            raise ValueError("--source_template must contain {snippet}")
 
     def format(self, intent: str | None, snippet: str | None) -> str:
         if not (intent or "").strip() and not (snippet or "").strip():

@@ -14,6 +14,7 @@ do: T5 appends `</s>` to every sequence, Llama prepends `<s>`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -80,15 +81,30 @@ def wrap(tokenizer: Tokenizer, *, template: str, **special) -> PreTrainedTokeniz
     )
 
 
-def build_t5(vocab_size: int) -> T5ForConditionalGeneration:
+def build_t5(
+    vocab_size: int,
+    *,
+    d_model: int = 128,
+    d_kv: int = 32,
+    d_ff: int = 256,
+    layers: int = 2,
+    heads: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | None = None,
+) -> T5ForConditionalGeneration:
+    """UL2's structure (gated-SiLU, untied head, relative attention) at the given size.
+
+    `dtype`/`device` build the weights there directly (a UL2-sized model in bf16 on a
+    GPU never exists in fp32 on the host).
+    """
     config = T5Config(
         vocab_size=vocab_size,
-        d_model=128,
-        d_kv=32,
-        d_ff=256,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=heads,
         feed_forward_proj="gated-silu",
         tie_word_embeddings=False,
         relative_attention_num_buckets=32,
@@ -98,26 +114,37 @@ def build_t5(vocab_size: int) -> T5ForConditionalGeneration:
         eos_token_id=EOS,
         decoder_start_token_id=PAD,
     )
-    model = T5ForConditionalGeneration(config)
+    with _default_dtype(dtype), torch.device(device or "cpu"):
+        model = T5ForConditionalGeneration(config)
     # transformers 5 builds every T5 with its head tied to the embeddings and unties
     # only when a checkpoint holds two different tensors, as UL2's does. Give the head
     # its own weights so the saved file has UL2's layout. Scaled by d_model**-0.5 (what
     # tied T5 does in forward) so a random model's loss starts near ln(vocab).
-    model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach() * config.d_model**-0.5)
+    with torch.no_grad():
+        head = model.shared.weight.detach() * config.d_model**-0.5
+    model.lm_head.weight = torch.nn.Parameter(head)
     model.all_tied_weights_keys.pop("lm_head.weight", None)
     return model
 
 
-def build_llama(vocab_size: int) -> LlamaForCausalLM:
+def build_llama(
+    vocab_size: int,
+    *,
+    hidden: int = 128,
+    intermediate: int = 256,
+    layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 64,
+) -> LlamaForCausalLM:
     # head_dim 64: vLLM's CPU attention backend rejects smaller heads.
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=head_dim,
         max_position_embeddings=512,
         tie_word_embeddings=False,
         # Wider than Llama's 0.02: at this size, the default leaves random features so
@@ -130,28 +157,52 @@ def build_llama(vocab_size: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def build(out: Path, *, seed: int = 0) -> dict[str, Path]:
-    """Write OUT/t5 and OUT/llama; return their paths."""
+def tokenizers(seed: int = 0) -> dict[str, PreTrainedTokenizerFast]:
+    """The shared vocabulary, trained on the default fixture set of `seed`, per kind."""
     with tempfile.TemporaryDirectory() as tmp:
         write_fixtures(tmp, seed=seed)
         base_tokenizer = train_tokenizer(corpus(Path(tmp)))
-    tokenizers_by_kind = {
+    return {
         "t5": wrap(base_tokenizer, template="$A </s>"),
         "llama": wrap(base_tokenizer, template="<s> $A", bos_token="<s>"),
     }
-    builders = {"t5": build_t5, "llama": build_llama}
+
+
+def save(model, tokenizer, path: Path) -> Path:
+    """Save `model` with a generation config and `tokenizer`, as a merged model dir."""
+    model.generation_config = GenerationConfig(
+        **{k: getattr(model.config, k, None) for k in _GENERATION_KEYS}, max_new_tokens=64
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build(
+    out: Path, *, seed: int = 0, t5: dict | None = None, llama: dict | None = None
+) -> dict[str, Path]:
+    """Write OUT/t5 and OUT/llama; return their paths.
+
+    `t5` / `llama`: dimensions for `build_t5` / `build_llama` (default: the tiny ones).
+    """
+    tokenizers_by_kind = tokenizers(seed)
+    builders = {"t5": (build_t5, t5 or {}), "llama": (build_llama, llama or {})}
     paths = {}
-    for kind, builder in builders.items():
+    for kind, (builder, dims) in builders.items():
         torch.manual_seed(seed)
         tokenizer = tokenizers_by_kind[kind]
-        model = builder(len(tokenizer))
-        model.generation_config = GenerationConfig(
-            **{k: getattr(model.config, k, None) for k in _GENERATION_KEYS}, max_new_tokens=64
-        )
-        paths[kind] = out / kind
-        model.save_pretrained(paths[kind])
-        tokenizer.save_pretrained(paths[kind])
+        paths[kind] = save(builder(len(tokenizer), **dims), tokenizer, out / kind)
     return paths
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype | None):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 _GENERATION_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")

@@ -34,12 +34,14 @@ def test_curated_formats_round_trip(fixture_dir, tmp_path):
 def test_mined_formats_round_trip_in_small_batches(fixture_dir, tmp_path):
     rows = _mined_rows(fixture_dir / "conala-mined.jsonl", batch_rows=97)
     assert len(rows) == 2000
-    assert list(rows[0]) == MINED_SCHEMA.names
+    assert list(rows[0]) == [*MINED_SCHEMA.names, "error"]
+    assert all(row.pop("error") is None for row in rows)
     table = pa.Table.from_pylist(rows, schema=MINED_SCHEMA)
     pq.write_table(table, tmp_path / "mined.parquet", row_group_size=300)
     (tmp_path / "mined.json").write_text(json.dumps(rows, ensure_ascii=False))
     for name in ("mined.parquet", "mined.json"):
-        assert _mined_rows(tmp_path / name, batch_rows=128) == rows
+        read = _mined_rows(tmp_path / name, batch_rows=128)
+        assert [{k: v for k, v in row.items() if k != "error"} for row in read] == rows
 
 
 def test_mined_is_streamed_in_bounded_batches(fixture_dir):
@@ -70,17 +72,28 @@ def test_wrong_type_names_column(tmp_path):
     path = tmp_path / "bad.jsonl"
     row = {"intent": "x", "snippet": "y", "question_id": "abc", "rewritten_intent": "z"}
     path.write_text(json.dumps(row) + "\n")
-    with pytest.raises(SchemaError, match="column 'question_id' has type string, expected int64"):
+    with pytest.raises(
+        SchemaError, match=r"bad\.jsonl line 1: question_id has value 'abc', expected int64"
+    ):
         load_curated(str(path))
+    pq.write_table(pa.table({k: [v] for k, v in row.items()}), tmp_path / "bad.parquet")
+    with pytest.raises(SchemaError, match="column 'question_id' has type string, expected int64"):
+        load_curated(str(tmp_path / "bad.parquet"))
 
 
-def test_truncated_json_line_reports_line_number(fixture_dir, tmp_path):
+def test_truncated_json_line_is_that_rows_error(fixture_dir, tmp_path):
     lines = (fixture_dir / "conala-mined.jsonl").read_text(encoding="utf-8").splitlines()[:5]
     lines[3] = lines[3][: len(lines[3]) // 2]
     path = tmp_path / "cut.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(SchemaError, match=r"cut\.jsonl: line 4 is not valid JSON"):
-        _mined_rows(path)
+    rows = _mined_rows(path)
+    assert len(rows) == 5 and [row["error"] is None for row in rows] == [1, 1, 1, 0, 1]
+    assert "cut.jsonl line 4: not valid JSON: " in rows[3]["error"]
+    assert rows[3]["id"] is None
+    curated = {"question_id": 1, "intent": "a", "rewritten_intent": "b", "snippet": "c"}
+    path.write_text(json.dumps(curated) + "\n" + "{oops\n", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"cut\.jsonl line 2: not valid JSON"):
+        load_curated(str(path))  # training data must be clean
 
 
 def test_missing_file_and_unknown_format(tmp_path):

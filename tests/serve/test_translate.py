@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, repo_env, run
 
+from common.cli import UserError
 from data.fixtures import write_fixtures
 from data.schema import OUTPUT_SCHEMA
 from serve.sink import ResumeMismatch, read_output
@@ -206,7 +207,7 @@ def test_missing_model_and_wrong_engine_are_clear(tiny_models, mined, tmp_path):
         translate(_args(tmp_path / "nope", mined, tmp_path / "a"))
     args = _args(tiny_models["t5"], mined, tmp_path / "b")
     args[args.index("hf")] = "vllm"
-    with pytest.raises(ValueError, match="ctranslate2"):
+    with pytest.raises(UserError, match="ctranslate2"):
         translate(args)
 
 
