@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import MISSING, field, fields
 from pathlib import Path
 
 import yaml
@@ -56,6 +56,12 @@ class Parser(argparse.ArgumentParser):
 
 class _HfParser(HfArgumentParser, Parser):
     pass
+
+
+def arg(default=MISSING, help: str = "", **metadata):
+    """A dataclass field for one flag: its default and its `--help` text (plus, e.g.,
+    `choices`). Leaving out the default makes the flag required."""
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults) -> tuple:

@@ -29,7 +29,7 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.cli import UserError, parse_with_config, run
+from common.cli import UserError, arg, parse_with_config, run
 from common.hub import check_login, check_repo_id, push_folder
 from data.coverage import Histogram, curated_references
 from data.dataset_card import FIGURE, write_card, write_figure
@@ -66,82 +66,54 @@ SAMPLE_ROWS = 4
 
 @dataclass
 class InstructArguments:
-    translations: list[str] = field(
-        default=None,
-        metadata={"help": "translate-mined output directories (part-*.parquet + manifest.json)."},
+    translations: list[str] = arg(
+        None, "translate-mined output directories (part-*.parquet + manifest.json)."
     )
-    output: str = field(default=None, metadata={"help": "Dataset folder to create."})
-    curated_train: str = field(
-        default=HUB_DATASET,
-        metadata={
-            "help": "Curated train (.json/.jsonl/.parquet or hub id): human rows and "
-            "the coverage references."
-        },
+    output: str = arg(None, "Dataset folder to create.")
+    curated_train: str = arg(
+        HUB_DATASET,
+        "Curated train (.json/.jsonl/.parquet or hub id): human rows and the coverage references.",
     )
-    curated_test: str = field(
-        default=HUB_DATASET,
-        metadata={
-            "help": "Curated test (file or hub id): its question ids and snippets are "
-            "removed from the dataset (decontamination, always on)."
-        },
+    curated_test: str = arg(
+        HUB_DATASET,
+        "Curated test (file or hub id): its question ids and snippets are "
+        "removed from the dataset (decontamination, always on).",
     )
-    keep_curated_train: bool = field(
-        default=True,
-        metadata={"help": "Add curated-train rows that have a human rewrite (source=curated)."},
+    keep_curated_train: bool = arg(
+        True, "Add curated-train rows that have a human rewrite (source=curated)."
     )
-    min_prob: float | None = field(
-        default=None,
-        metadata={
-            "help": "Drop mined rows whose mining prob is below this (0-1). Default: keep "
-            "all; the card reports the distribution."
-        },
+    min_prob: float | None = arg(
+        None,
+        "Drop mined rows whose mining prob is below this (0-1). Default: keep "
+        "all; the card reports the distribution.",
     )
-    min_coverage: float | None = field(
-        default=None,
-        metadata={
-            "help": "Drop rows whose identifier coverage is below this (0-1). Default: "
-            "keep all. Rows whose snippet has no identifiers are always kept."
-        },
+    min_coverage: float | None = arg(
+        None,
+        "Drop rows whose identifier coverage is below this (0-1). Default: "
+        "keep all. Rows whose snippet has no identifiers are always kept.",
     )
-    min_words: int = field(
-        default=1, metadata={"help": "Drop instructions with fewer words (length filter)."}
+    min_words: int = arg(1, "Drop instructions with fewer words (length filter).")
+    max_words: int | None = arg(
+        100, "Drop instructions with more words (human rewrites: at most 32). 0 disables."
     )
-    max_words: int | None = field(
-        default=100,
-        metadata={
-            "help": "Drop instructions with more words (human rewrites: at most 32). 0 disables."
-        },
+    repetition_ngram: int = arg(
+        4, "Degenerate-repetition filter: longest word n-gram checked. 0 disables the filter."
     )
-    repetition_ngram: int = field(
-        default=4,
-        metadata={
-            "help": "Degenerate-repetition filter: longest word n-gram checked. 0 "
-            "disables the filter."
-        },
+    repetition_repeats: int = arg(
+        4, "An n-gram repeated this many times back to back is degenerate."
     )
-    repetition_repeats: int = field(
-        default=4,
-        metadata={"help": "An n-gram repeated this many times back to back is degenerate."},
+    dedup: bool = arg(True, "Drop exact duplicate (instruction, output) pairs.")
+    rows_per_shard: int = arg(100_000, "Rows per output Parquet file.")
+    allow_incomplete: bool = arg(
+        False, "Build from translations whose manifest says complete: false."
     )
-    dedup: bool = field(
-        default=True, metadata={"help": "Drop exact duplicate (instruction, output) pairs."}
+    overwrite: bool = arg(False, "Replace a non-empty --output (atomically).")
+    push_to_hub: str | None = arg(
+        None,
+        "Upload the folder to this hub dataset repo (NAMESPACE/NAME, "
+        "created private). Needs a login, checked before any work.",
     )
-    rows_per_shard: int = field(default=100_000, metadata={"help": "Rows per output Parquet file."})
-    allow_incomplete: bool = field(
-        default=False,
-        metadata={"help": "Build from translations whose manifest says complete: false."},
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Replace a non-empty --output (atomically)."}
-    )
-    push_to_hub: str | None = field(
-        default=None,
-        metadata={
-            "help": "Upload the folder to this hub dataset repo (NAMESPACE/NAME, "
-            "created private). Needs a login, checked before any work."
-        },
-    )
-    config: str | None = field(default=None, metadata={"help": "YAML file of these flags."})
+    config: str | None = arg(None, "YAML file of these flags.")
 
     def __post_init__(self):
         if not self.translations:

@@ -17,9 +17,9 @@ shows the traceback); a bad row becomes that row's `error` and never stops a run
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from common.cli import parse_with_config, run
+from common.cli import arg, parse_with_config, run
 from common.dist import rank_and_world, setup_logging
 from data.loaders import HUB_DATASET
 from serve import runner
@@ -31,61 +31,38 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass
 class TranslateArguments:
-    model: str = field(
-        default=None, metadata={"help": "Merged model directory (or hub id) to generate with."}
+    model: str = arg(None, "Merged model directory (or hub id) to generate with.")
+    output_dir: str = arg(None, "Directory for the Parquet shards.")
+    input: list[str] | None = arg(
+        None, "Mined files (.jsonl/.json/.parquet), read in order. Default: --dataset."
     )
-    output_dir: str = field(default=None, metadata={"help": "Directory for the Parquet shards."})
-    input: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Mined files (.jsonl/.json/.parquet), read in order. Default: --dataset."
-        },
+    dataset: str = arg(HUB_DATASET, "Hub dataset whose mined split is read.")
+    engine: str = arg(
+        "auto",
+        "auto: vLLM for decoder-only models, CTranslate2 for encoder-decoders, "
+        "each when it can run on this device (see `make doctor`), else HF generate.",
+        choices=list(CHOICES),
     )
-    dataset: str = field(
-        default=HUB_DATASET, metadata={"help": "Hub dataset whose mined split is read."}
+    precision: str = arg(
+        "auto",
+        "auto (bfloat16 on GPU, float32 on CPU), bfloat16, float32, or int8 (ctranslate2 only).",
+        choices=list(PRECISIONS),
     )
-    engine: str = field(
-        default="auto",
-        metadata={
-            "help": "auto: vLLM for decoder-only models, CTranslate2 for encoder-decoders, "
-            "each when it can run on this device (see `make doctor`), else HF generate.",
-            "choices": list(CHOICES),
-        },
+    limit: int | None = arg(None, "Translate only the first N rows.")
+    rows_per_shard: int = arg(10_000, "Rows per Parquet shard.")
+    batch_tokens: int = arg(16_384, "Padded source tokens per engine call.")
+    max_batch_size: int = arg(256, "Rows per engine call, at most.")
+    source_template: str | None = arg(
+        None, "Source format; default: the one the merge recorded with the model."
     )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (bfloat16 on GPU, float32 on CPU), bfloat16, float32, or int8 "
-            "(ctranslate2 only).",
-            "choices": list(PRECISIONS),
-        },
+    source_prefix: str | None = arg(
+        None, "Source prefix; default: the one recorded with the model."
     )
-    limit: int | None = field(default=None, metadata={"help": "Translate only the first N rows."})
-    rows_per_shard: int = field(default=10_000, metadata={"help": "Rows per Parquet shard."})
-    batch_tokens: int = field(
-        default=16_384, metadata={"help": "Padded source tokens per engine call."}
-    )
-    max_batch_size: int = field(default=256, metadata={"help": "Rows per engine call, at most."})
-    source_template: str | None = field(
-        default=None,
-        metadata={"help": "Source format; default: the one the merge recorded with the model."},
-    )
-    source_prefix: str | None = field(
-        default=None, metadata={"help": "Source prefix; default: the one recorded with the model."}
-    )
-    device: str = field(
-        default="auto", metadata={"help": "auto (this rank's GPU, else CPU), cpu, cuda or cuda:N."}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom model code from the hub."}
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Replace a run written with different parameters."}
-    )
-    allow_empty: bool = field(
-        default=False, metadata={"help": "Accept an input with no rows (otherwise refused)."}
-    )
-    config: str | None = field(default=None, metadata={"help": "YAML file of these flags."})
+    device: str = arg("auto", "auto (this rank's GPU, else CPU), cpu, cuda or cuda:N.")
+    trust_remote_code: bool = arg(False, "Allow custom model code from the hub.")
+    overwrite: bool = arg(False, "Replace a run written with different parameters.")
+    allow_empty: bool = arg(False, "Accept an input with no rows (otherwise refused).")
+    config: str | None = arg(None, "YAML file of these flags.")
 
     def __post_init__(self):
         if not self.model:

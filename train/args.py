@@ -8,12 +8,12 @@ its documented command runs unchanged.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import Seq2SeqTrainingArguments
 
-from common.cli import parse_with_config
+from common.cli import arg, parse_with_config
 from serve.engines.base import GenerationOptions
 
 # Original training.py flag -> flag here.
@@ -31,58 +31,39 @@ ORIGINAL_FLAGS = {
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(
-        default="google/ul2",
-        metadata={
-            "help": "Hub id or local directory of the base model (any T5/BART or causal LM)."
-        },
+    model_name_or_path: str = arg(
+        "google/ul2", "Hub id or local directory of the base model (any T5/BART or causal LM)."
     )
-    revision: str = field(default="main", metadata={"help": "Hub revision of the base model."})
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Allow custom modeling code from the hub. Off unless you trust it."},
+    revision: str = arg("main", "Hub revision of the base model.")
+    trust_remote_code: bool = arg(
+        False, "Allow custom modeling code from the hub. Off unless you trust it."
     )
 
 
 @dataclass
 class DataArguments:
-    train_file: str = field(
-        default="neulab/conala",
-        metadata={"help": "Curated train split: hub id, or a .json/.jsonl/.parquet file."},
+    train_file: str = arg(
+        "neulab/conala", "Curated train split: hub id, or a .json/.jsonl/.parquet file."
     )
-    validation_file: str = field(
-        default="neulab/conala",
-        metadata={"help": "Validation split: hub id (its curated test split is used) or a file."},
+    validation_file: str = arg(
+        "neulab/conala", "Validation split: hub id (its curated test split is used) or a file."
     )
-    source_template: str = field(
-        default="{intent}\n{snippet}",
-        metadata={"help": "Source format; fields {intent} and {snippet}. Recorded for inference."},
+    source_template: str = arg(
+        "{intent}\n{snippet}",
+        "Source format; fields {intent} and {snippet}. Recorded for inference.",
     )
-    source_prefix: str = field(
-        default="", metadata={"help": "Text put before every source, e.g. UL2's '[S2S] '."}
+    source_prefix: str = arg("", "Text put before every source, e.g. UL2's '[S2S] '.")
+    max_source_length: int = arg(2048, "Truncate sources to this many tokens.")
+    max_target_length: int = arg(2048, "Truncate targets to this many tokens.")
+    max_train_samples: int | None = arg(None, "Use only the first N training pairs (debugging).")
+    max_eval_samples: int | None = arg(None, "Use only the first N validation pairs.")
+    generation_eval: bool = arg(
+        True, "After training, compute BLEU/chrF/exact match on the validation split."
     )
-    max_source_length: int = field(
-        default=2048, metadata={"help": "Truncate sources to this many tokens."}
-    )
-    max_target_length: int = field(
-        default=2048, metadata={"help": "Truncate targets to this many tokens."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N training pairs (debugging)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N validation pairs."}
-    )
-    generation_eval: bool = field(
-        default=True,
-        metadata={"help": "After training, compute BLEU/chrF/exact match on the validation split."},
-    )
-    generation_max_new_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Generation length limit for the validation metrics (default: "
-            "translate's --max_new_tokens default)."
-        },
+    generation_max_new_tokens: int | None = arg(
+        None,
+        "Generation length limit for the validation metrics (default: "
+        "translate's --max_new_tokens default).",
     )
 
     def __post_init__(self):
@@ -107,15 +88,13 @@ class DataArguments:
 
 @dataclass
 class LoraArguments:
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: str = field(
-        default="q,v",
-        metadata={
-            "help": "Comma-separated module names to adapt ('q,v' is PEFT's T5 default), "
-            "or 'all-linear' for every linear layer but the output head."
-        },
+    lora_r: int = arg(8, "LoRA rank.")
+    lora_alpha: int = arg(32, "LoRA scaling numerator (alpha / r).")
+    lora_dropout: float = arg(0.05, "Dropout on the LoRA input.")
+    lora_target_modules: str = arg(
+        "q,v",
+        "Comma-separated module names to adapt ('q,v' is PEFT's T5 default), "
+        "or 'all-linear' for every linear layer but the output head.",
     )
 
     def __post_init__(self):
@@ -139,24 +118,19 @@ ZERO3_CONFIG = str(REPO / "deepspeed_configs" / "zero3.json")
 
 @dataclass
 class TrainingArguments(Seq2SeqTrainingArguments):
-    deepspeed: str | None = field(
-        default=ZERO3_CONFIG,
-        metadata={"help": "DeepSpeed JSON config (default: ZeRO-3); zero3_offload.json offloads."},
+    deepspeed: str | None = arg(
+        ZERO3_CONFIG, "DeepSpeed JSON config (default: ZeRO-3); zero3_offload.json offloads."
     )
-    config: str | None = field(
-        default=None, metadata={"help": "YAML file of values; command-line flags override it."}
-    )
+    config: str | None = arg(None, "YAML file of values; command-line flags override it.")
     # transformers 5.19 scales each rank's loss by the world size for this option and,
     # under DeepSpeed, the scaled value is what gets logged and clipped: eval and
     # train loss read W times too high. Each rank's mean token loss, averaged by
     # DeepSpeed across ranks, is the standard objective and reports truthfully.
-    average_tokens_across_devices: bool = field(
-        default=False,
-        metadata={"help": "Normalise the loss by the token count summed over all ranks."},
+    average_tokens_across_devices: bool = arg(
+        False, "Normalise the loss by the token count summed over all ranks."
     )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Train into a non-empty --output_dir that holds no checkpoint."},
+    overwrite_output_dir: bool = arg(
+        False, "Train into a non-empty --output_dir that holds no checkpoint."
     )
 
     def __post_init__(self):
@@ -175,8 +149,8 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArgume
 def rewrite_original_flags(argv: list[str]) -> list[str]:
     """Map the original script's flag names (also in `--flag=value` form) to ours."""
     out = []
-    for arg in argv:
-        name, sep, value = arg.partition("=")
+    for item in argv:
+        name, sep, value = item.partition("=")
         out.append(ORIGINAL_FLAGS.get(name, name) + sep + value)
     return out
 

@@ -34,13 +34,12 @@ import re
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import torch
 from huggingface_hub import get_token
 from peft import PeftModel
-from peft.tuners.tuners_utils import _get_in_out_features
 from safetensors import safe_open
 from transformers import (
     AutoConfig,
@@ -51,7 +50,7 @@ from transformers import (
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.utils.hub import convert_file_size_to_int
 
-from common.cli import UserError, parse_with_config, run
+from common.cli import UserError, arg, parse_with_config, run
 from common.hub import check_repo_id, push_folder
 from data.prompts import SourceTemplate
 from serve.engines.hf import DTYPES
@@ -67,47 +66,34 @@ TASK_TYPE = {True: "SEQ_2_SEQ_LM", False: "CAUSAL_LM"}
 
 @dataclass
 class MergeArguments:
-    adapter: str = field(
-        metadata={
-            "help": "Directory of the trained LoRA adapter (train.finetune's OUTPUT/adapter)."
-        }
+    adapter: str = arg(
+        MISSING, "Directory of the trained LoRA adapter (train.finetune's OUTPUT/adapter)."
     )
-    output: str = field(
-        metadata={"help": "Directory for the merged model; must be new or empty (see --overwrite)."}
+    output: str = arg(
+        MISSING, "Directory for the merged model; must be new or empty (see --overwrite)."
     )
-    base: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hub id or local directory of the base model. Default: the "
-            "base_model_name_or_path recorded in the adapter's adapter_config.json."
-        },
+    base: str | None = arg(
+        None,
+        "Hub id or local directory of the base model. Default: the "
+        "base_model_name_or_path recorded in the adapter's adapter_config.json.",
     )
-    dtype: str = field(
-        default="bfloat16",
-        metadata={"help": "Precision of the merge and of the saved weights: bfloat16 or float32."},
+    dtype: str = arg(
+        "bfloat16", "Precision of the merge and of the saved weights: bfloat16 or float32."
     )
-    max_shard_size: str = field(
-        default="5GB",
-        metadata={"help": "Largest safetensors shard, e.g. 5GB or 200MB."},
+    max_shard_size: str = arg("5GB", "Largest safetensors shard, e.g. 5GB or 200MB.")
+    push_to_hub: str | None = arg(
+        None,
+        "After saving locally, upload to this Hub repo (NAMESPACE/NAME, a namespace "
+        "you can write to; created private if missing). Needs `hf auth login` or HF_TOKEN.",
     )
-    push_to_hub: str | None = field(
-        default=None,
-        metadata={
-            "help": "After saving locally, upload to this Hub repo (NAMESPACE/NAME, a namespace "
-            "you can write to; created private if missing). Needs `hf auth login` or HF_TOKEN."
-        },
+    overwrite: bool = arg(
+        False, "Replace a non-empty --output (only once the new merge is complete)."
     )
-    overwrite: bool = field(
-        default=False,
-        metadata={"help": "Replace a non-empty --output (only once the new merge is complete)."},
+    no_verify: bool = arg(
+        False, "Skip the logit comparison of the merged model against the adapter."
     )
-    no_verify: bool = field(
-        default=False,
-        metadata={"help": "Skip the logit comparison of the merged model against the adapter."},
-    )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Allow custom modeling code from the hub. Off unless you trust it."},
+    trust_remote_code: bool = arg(
+        False, "Allow custom modeling code from the hub. Off unless you trust it."
     )
 
     def __post_init__(self):
@@ -237,7 +223,7 @@ def check_compatibility(base: str, adapter: Adapter, trust_remote_code: bool):
         if name not in modules:
             problems.append(f"{name} does not exist in the base")
             continue
-        in_features, out_features = _get_in_out_features(modules[name])
+        in_features, out_features = layer_features(modules[name])
         expected = in_features if side == "A" else out_features
         actual = shape[1] if side == "A" else shape[0]
         if expected is not None and actual != expected:
@@ -250,6 +236,19 @@ def check_compatibility(base: str, adapter: Adapter, trust_remote_code: bool):
             f"{'; '.join(problems[:3])}. {fix}"
         )
     return config
+
+
+def layer_features(module) -> tuple[int | None, int | None]:
+    """(in, out) features of a layer LoRA can adapt: Linear, GPT-2's Conv1D (weight stored
+    transposed), Embedding; (None, None) for anything else (left to PEFT's checks)."""
+    if isinstance(module, torch.nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return module.in_features, module.out_features
+    if hasattr(module, "nf") and getattr(module, "weight", None) is not None:
+        rows, cols = module.weight.shape  # Conv1D: [in, out]
+        return rows, cols
+    return None, None
 
 
 def adapter_shapes(directory: Path) -> dict[str, list[int]]:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
+
+from common.cli import arg
 
 # `auto`: bfloat16 on CUDA; on CPU float32 (int8 is opt-in: see the README's measured
 # int8 agreement). int8 is a CTranslate2 quantization; hf and vllm refuse it.
@@ -36,17 +38,13 @@ class GenerationOptions:
     594K mined rows include pasted logs and data dumps (cut rows are counted).
     """
 
-    max_new_tokens: int = field(default=64, metadata={"help": "Generation length limit."})
-    min_new_tokens: int = field(
-        default=0, metadata={"help": "Force at least this many new tokens (benchmarks)."}
-    )
-    num_beams: int = field(default=1, metadata={"help": "Beam width; 1 is greedy decoding."})
-    max_source_length: int = field(
-        default=512,
-        metadata={
-            "help": "Source token limit. Encoder-decoders truncate longer sources (counted in "
-            "the manifest); decoder-only engines give such rows an error."
-        },
+    max_new_tokens: int = arg(64, "Generation length limit.")
+    min_new_tokens: int = arg(0, "Force at least this many new tokens (benchmarks).")
+    num_beams: int = arg(1, "Beam width; 1 is greedy decoding.")
+    max_source_length: int = arg(
+        512,
+        "Source token limit. Encoder-decoders truncate longer sources (counted in "
+        "the manifest); decoder-only engines give such rows an error.",
     )
 
     def __post_init__(self):
