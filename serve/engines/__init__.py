@@ -96,8 +96,10 @@ def select_engine(
             f"--engine {name} cannot run {model_path}, a {family} model: {reason}; "
             f"use {' or '.join(runs)}"
         )
+    from common.dist import local_device
     from serve.engines.probe import engine_probe
 
+    device = local_device(device)
     for candidate in runs if name == "auto" else (name,):
         probe = engine_probe(candidate, device)
         if probe.runs:

@@ -94,6 +94,8 @@ def test_over_long_sources_are_cut_or_refused_by_capability():
         FakeEngine(limit=8, truncates=False), [long, "x", long], batch_tokens=100, max_batch_size=4
     )
     assert refused.outputs == [None, "X", None]
-    assert refused.errors[0] == refused.errors[2] == (
-        "source has 20 tokens, over the 8-token limit (--max_source_length)"
+    assert (
+        refused.errors[0]
+        == refused.errors[2]
+        == ("source has 20 tokens, over the 8-token limit (--max_source_length)")
     )

@@ -1,8 +1,8 @@
 """train.merge on the tiny T5 and Llama adapters from real ZeRO-3 runs.
 
 The merges of the session fixture run through the CLI (`merged_models`); refusals and
-small variations call `train.merge.main` in-process through `common.cli.run`, which is what `python -m
-train.merge` runs, to save a Python start-up per case. The equivalence check loads
+small variations call `train.merge.main` in-process through `common.cli.run`, which
+is what `python -m train.merge` runs, to save a Python start-up per case. The equivalence check loads
 the merged checkpoints in a fresh process, as translate-mined will.
 """
 
