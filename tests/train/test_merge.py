@@ -2,8 +2,9 @@
 
 The merges of the session fixture run through the CLI (`merged_models`); refusals and
 small variations call `train.merge.main` in-process through `common.cli.run`, which
-is what `python -m train.merge` runs, to save a Python start-up per case. The equivalence check loads
-the merged checkpoints in a fresh process, as translate-mined will.
+is what `python -m train.merge` runs, to save a Python start-up per case. The
+equivalence check loads the merged checkpoints in a fresh process, as translate-mined
+will.
 """
 
 import json
