@@ -15,10 +15,17 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from dataclasses import fields
 from pathlib import Path
 
 from common.cli import UserError
-from serve.engines.base import Capabilities, Engine, Generation, GenerationOptions
+from serve.engines.base import (
+    Capabilities,
+    Engine,
+    EngineSettings,
+    Generation,
+    GenerationOptions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +44,7 @@ __all__ = [
     "ENGINES",
     "Capabilities",
     "Engine",
+    "EngineSettings",
     "Generation",
     "GenerationOptions",
     "create_engine",
@@ -124,16 +132,16 @@ def engine_class(name: str) -> type[Engine]:
 def create_engine(name: str, model_path: str | Path, **kwargs) -> Engine:
     """Build engine `name` (or the `auto` choice) for `model_path`.
 
-    Keyword arguments are the engines' shared ones (`device`, `options`, `precision`,
-    `cpu_threads`, `cache_dir`, `trust_remote_code`; see serve.engines.base) plus, for a
-    named engine, its tuning knobs. None means "the engine's default".
+    Keyword arguments are the fields of `EngineSettings` (`device`, `options`,
+    `precision`, `cpu_threads`, `cache_dir`, `trust_remote_code`) plus, for a named
+    engine, its tuning knobs. None means "the default".
     """
-    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    shared = {f.name for f in fields(EngineSettings)}
+    given = {key: value for key, value in kwargs.items() if value is not None}
+    settings = EngineSettings(**{k: v for k, v in given.items() if k in shared})
+    tuning = {k: v for k, v in given.items() if k not in shared}
     chosen = select_engine(
-        model_path,
-        name,
-        device=kwargs.get("device", "auto"),
-        trust_remote_code=bool(kwargs.get("trust_remote_code")),
+        model_path, name, device=settings.device, trust_remote_code=settings.trust_remote_code
     )
     logger.info("engine: %s%s", chosen, " (auto)" if name == "auto" else "")
-    return engine_class(chosen)(str(model_path), **kwargs)
+    return engine_class(chosen)(str(model_path), settings, **tuning)

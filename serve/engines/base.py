@@ -4,20 +4,16 @@ Engines only generate. Reading, de-duplication, length sorting, token-budget
 batching, failure isolation and writing live above them (serve.planner,
 serve.sink), written once.
 
-Every engine takes the same constructor arguments,
-
-    Engine(model_path, *, device="auto", options=GenerationOptions(), precision="auto",
-           cpu_threads=None, cache_dir=None, trust_remote_code=False, **tuning)
-
-where `tuning` holds the few knobs that exist for one engine only (documented on
-that engine's class).
+Every engine is built the same way, `Engine(model_path, EngineSettings(...), **tuning)`,
+where `tuning` holds the few knobs that exist for one engine only (documented on that
+engine's class); `serve.engines.create_engine` takes both as keywords.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from common.cli import arg
@@ -56,6 +52,18 @@ class GenerationOptions:
                 f"--min_new_tokens must be in [0, --max_new_tokens={self.max_new_tokens}], "
                 f"got {self.min_new_tokens}"
             )
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every engine is built with, under the same names."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    precision: str = "auto"  # one of PRECISIONS; engines refuse what they cannot run
+    cpu_threads: int | None = None  # threads on CPU (ranks sharing a CPU split its cores)
+    cache_dir: str | None = None  # where an engine may keep derived files (conversions)
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from serve.engines.base import (
     PRECISIONS,
     Capabilities,
     Engine,
+    EngineSettings,
     Generation,
     GenerationOptions,
     check_precision,
@@ -214,36 +215,32 @@ class CTranslate2Engine(Engine):
     def __init__(
         self,
         model_path: str,
+        settings: EngineSettings | None = None,
         *,
-        device: str = "auto",
-        options: GenerationOptions | None = None,
-        precision: str = "auto",
-        cpu_threads: int | None = None,
-        cache_dir: str | Path | None = None,
-        trust_remote_code: bool = False,
         inter_threads: int = 1,
         max_batch_tokens: int = 0,
     ):
         import ctranslate2
 
-        device, device_index = resolve_device(device)
-        compute_type = resolve_compute_type(precision, device)
+        settings = settings or EngineSettings()
+        device, device_index = resolve_device(settings.device)
+        compute_type = resolve_compute_type(settings.precision, device)
+        remote = settings.trust_remote_code
         model_dir = convert(
-            model_path,
-            compute_type,
-            cache_dir or DEFAULT_CACHE_DIR,
-            trust_remote_code=trust_remote_code,
-        )
+            model_path, compute_type, settings.cache_dir or DEFAULT_CACHE_DIR,
+            trust_remote_code=remote,
+        )  # fmt: skip
+        threads = settings.cpu_threads or len(os.sched_getaffinity(0))
         translator = ctranslate2.Translator(
             str(model_dir),
             device=device,
             device_index=device_index,
             compute_type=compute_type,
-            intra_threads=(cpu_threads or len(os.sched_getaffinity(0))) if device == "cpu" else 1,
+            intra_threads=threads if device == "cpu" else 1,
             inter_threads=inter_threads,
         )
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self._setup(translator, tokenizer, options, max_batch_tokens)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote)
+        self._setup(translator, tokenizer, settings.options, max_batch_tokens)
         self.model_dir = model_dir
 
     @classmethod

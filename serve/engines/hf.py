@@ -12,7 +12,14 @@ import logging
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from serve.engines.base import Capabilities, Engine, Generation, GenerationOptions, check_precision
+from serve.engines.base import (
+    Capabilities,
+    Engine,
+    EngineSettings,
+    Generation,
+    GenerationOptions,
+    check_precision,
+)
 
 logger = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -43,27 +50,16 @@ def load_model(path: str, *, dtype: torch.dtype, trust_remote_code: bool = False
 class HFEngine(Engine):
     """`cpu_threads` sets torch's intra-op threads on CPU; `cache_dir` is unused."""
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        device: str = "auto",
-        options: GenerationOptions | None = None,
-        precision: str = "auto",
-        cpu_threads: int | None = None,
-        cache_dir: str | None = None,
-        trust_remote_code: bool = False,
-    ):
-        device = resolve_device(device)
-        if cpu_threads and device == "cpu":
-            torch.set_num_threads(cpu_threads)
-        model = load_model(
-            model_path,
-            dtype=resolve_dtype(precision, device),
-            trust_remote_code=trust_remote_code,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self._setup(model.to(device), tokenizer, options or GenerationOptions())
+    def __init__(self, model_path: str, settings: EngineSettings | None = None):
+        settings = settings or EngineSettings()
+        device = resolve_device(settings.device)
+        if settings.cpu_threads and device == "cpu":
+            torch.set_num_threads(settings.cpu_threads)
+        remote = settings.trust_remote_code
+        dtype = resolve_dtype(settings.precision, device)
+        model = load_model(model_path, dtype=dtype, trust_remote_code=remote)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote)
+        self._setup(model.to(device), tokenizer, settings.options)
 
     @classmethod
     def from_model(cls, model, tokenizer, *, options: GenerationOptions | None = None) -> HFEngine:

@@ -28,7 +28,7 @@ import os
 
 from transformers import AutoConfig, AutoTokenizer
 
-from serve.engines.base import Capabilities, Engine, Generation, GenerationOptions, check_precision
+from serve.engines.base import Capabilities, Engine, EngineSettings, Generation, check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +74,8 @@ class VLLMEngine(Engine):
     def __init__(
         self,
         model_path: str,
+        settings: EngineSettings | None = None,
         *,
-        device: str = "auto",
-        options: GenerationOptions | None = None,
-        precision: str = "auto",
-        cpu_threads: int | None = None,
-        cache_dir: str | None = None,
-        trust_remote_code: bool = False,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
         kv_cache_memory_bytes: int | None = None,
@@ -89,7 +84,10 @@ class VLLMEngine(Engine):
         seed: int = 0,
         llm_kwargs: dict | None = None,
     ):
-        self.options = options or GenerationOptions()
+        settings = settings or EngineSettings()
+        device, precision = settings.device, settings.precision
+        trust_remote_code = settings.trust_remote_code
+        self.options = settings.options
         if self.options.num_beams > 1:
             raise ValueError(
                 "the vllm engine decodes greedily only (--num_beams 1); for beam search use "

@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 from common.cli import UserError
 from data.prompts import SourceTemplate
 from serve.engines import ENGINES, create_engine, engine_class, select_engine
-from serve.engines.base import GenerationOptions
+from serve.engines.base import EngineSettings, GenerationOptions
 from serve.planner import generate_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,21 +134,21 @@ def test_conversion_cache(tiny_models, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_models["t5"], model)
     cache = tmp_path / "cache"
-    first = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
+    first = CTranslate2Engine(str(model), EngineSettings(precision="float32", cache_dir=cache))
     [converted] = ct2_dirs(cache)
     assert first.model_dir == converted and (converted / "model.bin").is_file()
     marker = (converted / CACHE_MARKER).stat().st_mtime_ns
     first.close()
 
     # Same model and quantization: the cached conversion is reused as it is.
-    second = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
+    second = CTranslate2Engine(str(model), EngineSettings(precision="float32", cache_dir=cache))
     assert second.model_dir == converted
     assert (converted / CACHE_MARKER).stat().st_mtime_ns == marker
     assert ct2_dirs(cache) == [converted]
     second.close()
 
     # Another quantization converts anew, beside the first.
-    int8 = CTranslate2Engine(str(model), precision="int8", cache_dir=cache)
+    int8 = CTranslate2Engine(str(model), EngineSettings(precision="int8", cache_dir=cache))
     assert int8.compute_type == "int8_float32"
     assert int8.model_dir != converted and len(ct2_dirs(cache)) == 2
     assert json.loads((int8.model_dir / CACHE_MARKER).read_text())["quantization"] == (
@@ -159,7 +159,7 @@ def test_conversion_cache(tiny_models, tmp_path):
     # A changed model (new weights file) converts anew.
     weights = model / "model.safetensors"
     os.utime(weights, ns=(time.time_ns(), weights.stat().st_mtime_ns + 1_000_000_000))
-    changed = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
+    changed = CTranslate2Engine(str(model), EngineSettings(precision="float32", cache_dir=cache))
     assert changed.model_dir not in (converted, int8.model_dir) and len(ct2_dirs(cache)) == 3
     changed.close()
 
@@ -172,7 +172,7 @@ def test_conversion_cache(tiny_models, tmp_path):
     (stale / "model.bin").write_bytes(b"truncated")
     killed_tmp = cache / f"{stale.name}.tmp-killed"
     killed_tmp.mkdir()
-    again = CTranslate2Engine(str(model), precision="float32", cache_dir=cache)
+    again = CTranslate2Engine(str(model), EngineSettings(precision="float32", cache_dir=cache))
     assert again.model_dir == stale and (stale / CACHE_MARKER).is_file()
     assert not killed_tmp.exists()
     assert isinstance(again.generate(["x = 1"])[0].text, str)
@@ -185,10 +185,12 @@ def test_ctranslate2_int8_runs(tiny_models, fixture_dir, tmp_path):
     sources = fixture_sources(tiny_models["t5"], fixture_dir, n=40)
     engine = CTranslate2Engine(
         str(tiny_models["t5"]),
-        precision="int8",
-        cache_dir=tmp_path,
-        options=GenerationOptions(max_new_tokens=16, min_new_tokens=4),
-        cpu_threads=1,
+        EngineSettings(
+            precision="int8",
+            cache_dir=tmp_path,
+            options=GenerationOptions(max_new_tokens=16, min_new_tokens=4),
+            cpu_threads=1,
+        ),
     )
     assert engine.capabilities.truncates_sources and engine.capabilities.device == "cpu"
     result = run_planner(engine, sources)
@@ -211,9 +213,9 @@ def test_ctranslate2_matches_hf_on_merged_t5(merged_models, fixture_dir, tmp_pat
         GenerationOptions(max_new_tokens=64),
         GenerationOptions(max_new_tokens=6, min_new_tokens=4, max_source_length=12),
     ):
-        hf = HFEngine(str(model), options=options, precision="float32")
+        hf = HFEngine(str(model), EngineSettings(options=options, precision="float32"))
         ct2 = CTranslate2Engine(
-            str(model), options=options, precision="float32", cache_dir=tmp_path
+            str(model), EngineSettings(options=options, precision="float32", cache_dir=tmp_path)
         )
         expected, got = run_planner(hf, sources), run_planner(ct2, sources)
         match = agreement(expected.outputs, got.outputs)
@@ -263,7 +265,7 @@ def vllm_run(merged_models, fixture_dir, tmp_path_factory):
     try:
         # hf meanwhile, on the rows both can answer, with the same limits.
         options = GenerationOptions(max_new_tokens=64, max_source_length=VLLM_SOURCE_LIMIT)
-        hf = HFEngine(str(model), options=options, precision="float32")
+        hf = HFEngine(str(model), EngineSettings(options=options, precision="float32"))
         started = time.monotonic()
         expected = run_planner(hf, sources)
         hf_seconds = time.monotonic() - started

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve.engines.base import GenerationOptions
+from serve.engines.base import EngineSettings, GenerationOptions
 
 REPO = Path(__file__).resolve().parents[2]
 INT8_ROWS = 200
@@ -59,7 +59,9 @@ def test_cpu_auto_precision_is_float32(tiny_models, tmp_path):
 
     assert resolve_compute_type("auto", "cpu") == "float32"
     assert resolve_compute_type("int8", "cpu") == "int8_float32"
-    engine = CTranslate2Engine(str(tiny_models["t5"]), device="cpu", cache_dir=tmp_path)
+    engine = CTranslate2Engine(
+        str(tiny_models["t5"]), EngineSettings(device="cpu", cache_dir=tmp_path)
+    )
     assert engine.compute_type == "float32"
     assert json.loads(next(tmp_path.glob(".ct2-*/ct2_cache.json")).read_text())["quantization"] == (
         "float32"
@@ -137,7 +139,9 @@ def test_t5_output_scale_follows_checkpoint(merged_models, fixture_dir, tmp_path
         )
         return [r.log_probs for r in results]
 
-    engine = CTranslate2Engine(str(model), device="cpu", precision="float32", cache_dir=tmp_path)
+    engine = CTranslate2Engine(
+        str(model), EngineSettings(device="cpu", precision="float32", cache_dir=tmp_path)
+    )
     for want, got in zip(expected, scores(engine.translator)):
         assert got == pytest.approx(want, abs=1e-3)
     engine.close()
@@ -187,10 +191,12 @@ def test_beam_settings_come_from_generation_config(merged_models, fixture_dir, t
 
     engine = CTranslate2Engine(
         str(model),
-        device="cpu",
-        precision="float32",
-        cache_dir=tmp_path / "cache",
-        options=GenerationOptions(num_beams=BEAMS),
+        EngineSettings(
+            device="cpu",
+            precision="float32",
+            cache_dir=tmp_path / "cache",
+            options=GenerationOptions(num_beams=BEAMS),
+        ),
     )
     engine.generate(["x = 1"])
     assert engine._hf_decoding["patience"] == 1.0
