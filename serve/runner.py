@@ -8,6 +8,7 @@ shard i overlaps generating shard i+1 (pyarrow releases the GIL while it writes)
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from common.cli import UserError
 from common.dist import cores_per_local_rank, local_device
 from data.prompts import SourceTemplate
 from data.schema import OUTPUT_SCHEMA
-from serve.engines import create_engine, select_engine
+from serve.engines import create_engine, engine_class, select_engine
 from serve.engines.base import Engine, GenerationOptions
 from serve.identity import model_fingerprint
 from serve.planner import generate_rows
@@ -62,9 +63,22 @@ def prepare(args, options: GenerationOptions, rank: int, world: int) -> Plan:
         raise UserError(
             f"--precision int8 is a ctranslate2 precision; {engine} runs auto, bfloat16 or float32"
         )
+    check_tuning(engine, args.tuning)
     if options.num_beams > 1 and engine == "vllm":
         raise UserError("--num_beams > 1 is not available with vllm (greedy only); use --engine hf")
     return Plan(args, options, template, engine, device, inputs, rank, world)
+
+
+def check_tuning(engine: str, tuning: dict) -> None:
+    """Refuse --engine_args keys the chosen engine does not take, before any work."""
+    taken = inspect.signature(engine_class(engine)).parameters
+    knobs = [name for name, p in taken.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(tuning) - set(knobs))
+    if unknown:
+        raise UserError(
+            f"--engine_args: the {engine} engine has no option {', '.join(unknown)} "
+            f"(it takes {', '.join(knobs) or 'none'})"
+        )
 
 
 def resolve_template(args) -> SourceTemplate:
@@ -89,6 +103,7 @@ def run_params(plan: Plan) -> dict:
         "source_template": asdict(plan.template),
         "source_fingerprint": plan.inputs.fingerprint,
         "limit": plan.args.limit,
+        "engine_args": plan.args.tuning,
     }
 
 
@@ -159,6 +174,7 @@ def load_engine(plan: Plan) -> Engine:
         cpu_threads=None if plan.device.startswith("cuda") else cores_per_local_rank(),
         cache_dir=str(Path(plan.args.output_dir, ".ct2-cache")),
         trust_remote_code=plan.args.trust_remote_code,
+        **plan.args.tuning,
     )
 
 

@@ -16,6 +16,7 @@ shows the traceback); a bad row becomes that row's `error` and never stops a run
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -59,6 +60,11 @@ class TranslateArguments:
         None, "Source prefix; default: the one recorded with the model."
     )
     device: str = arg("auto", "auto (this rank's GPU, else CPU), cpu, cuda or cuda:N.")
+    engine_args: str | None = arg(
+        None,
+        "JSON object of the chosen engine's own tuning knobs, e.g. '{\"max_batch_tokens\": "
+        "2048}' (ctranslate2) or '{\"gpu_memory_utilization\": 0.85}' (vllm).",
+    )
     trust_remote_code: bool = arg(False, "Allow custom model code from the hub.")
     overwrite: bool = arg(False, "Replace a run written with different parameters.")
     allow_empty: bool = arg(False, "Accept an input with no rows (otherwise refused).")
@@ -76,6 +82,17 @@ class TranslateArguments:
             raise ValueError(f"--limit must be >= 0, got {self.limit}")
         if not _DEVICE.fullmatch(self.device):
             raise ValueError(f"--device {self.device}: choose auto, cpu, cuda or cuda:N")
+        if self.engine_args is not None:
+            try:
+                tuning = json.loads(self.engine_args)
+            except ValueError as err:
+                raise ValueError(f"--engine_args is not valid JSON: {err}") from None
+            if not isinstance(tuning, dict):
+                raise ValueError("--engine_args must be a JSON object of option: value")
+
+    @property
+    def tuning(self) -> dict:
+        return json.loads(self.engine_args) if self.engine_args else {}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -47,6 +47,12 @@ def load_model(path: str, *, dtype: torch.dtype, trust_remote_code: bool = False
     )
 
 
+def _generated_length(ids: list[int], eos: int | None) -> int:
+    """Tokens up to and including the first end token (the padding after it excluded);
+    a pad id the model chose to generate counts like any other token."""
+    return ids.index(eos) + 1 if eos is not None and eos in ids else len(ids)
+
+
 class HFEngine(Engine):
     """`cpu_threads` sets torch's intra-op threads on CPU; `cache_dir` is unused."""
 
@@ -123,10 +129,11 @@ class HFEngine(Engine):
             num_beams=self.options.num_beams,
             do_sample=False,
         )
-        if not self.encoder_decoder:
-            output = output[:, batch["input_ids"].shape[1] :]
-        counts = (output != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+        # Keep what was generated: not the decoder start token, not a causal LM's prompt.
+        start = 1 if self.encoder_decoder else batch["input_ids"].shape[1]
+        output = output[:, start:]
         texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
+        counts = [_generated_length(row, self.tokenizer.eos_token_id) for row in output.tolist()]
         return [Generation(text, count) for text, count in zip(texts, counts)]
 
     def close(self) -> None:
