@@ -24,6 +24,8 @@ CASES = [
      "--max_new_tokens"),
     ("serve.translate", ["--model", "m", "--output_dir", "o", "--batch_tokens", "many"],
      "--batch_tokens"),
+    ("serve.translate", ["--model", "m", "--output_dir", "o", "--engine_args", "[1]"],
+     "--engine_args"),
     ("train.finetune", ["--config", TINY, "--train_file", "{tmp}/missing.json"], "missing.json"),
     ("train.finetune", ["--config", TINY, "--lora_r", "0"], "--lora_r"),
     ("train.finetune", ["--config", "{tmp}/missing.yaml"], "missing.yaml"),

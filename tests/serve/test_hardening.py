@@ -156,6 +156,19 @@ def test_empty_input_is_refused_unless_allowed(name, content, tiny_models, tmp_p
     assert summary["rows"] == 0 and summary["complete"]
 
 
+def test_engine_tuning_is_checked_and_recorded(tiny_models, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [json.dumps(mined_row(1, "a", "b")).encode()])
+    line = one_error_line(
+        translate(tiny_models["t5"], source, tmp_path / "o", "--engine_args", '{"beam": 2}')
+    )
+    assert "the ctranslate2 engine has no option beam" in line and "max_batch_tokens" in line
+    assert not (tmp_path / "o").exists()
+    translate(tiny_models["t5"], source, tmp_path / "o", "--engine_args",
+              '{"max_batch_tokens": 64}', check=True)  # fmt: skip
+    params = json.loads((tmp_path / "o" / "manifest.json").read_text())["params"]
+    assert params["engine_args"] == {"max_batch_tokens": 64}
+
+
 def test_a_wholly_unreadable_input_is_refused(tiny_models, tmp_path):
     source = write_jsonl(tmp_path / "junk.jsonl", [b"\x00\xff garbage", b"{not json"])
     line = one_error_line(translate(tiny_models["t5"], source, tmp_path / "out"))
