@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 
 from common.cli import UserError
 from data.prompts import SourceTemplate
+from scripts import measure_agreement
 from serve.engines import ENGINES, create_engine, engine_class, select_engine
 from serve.engines.base import EngineSettings, GenerationOptions
 from serve.planner import generate_rows
@@ -44,18 +45,7 @@ VLLM_MIN_AGREEMENT = 0.95
 
 def fixture_sources(model: Path, fixture_dir: Path, n: int = ROWS) -> list[str]:
     """The first `n` mined rows that have a source, formatted as the model was trained."""
-    template = SourceTemplate.load(model) or SourceTemplate()
-    sources = []
-    with open(fixture_dir / "conala-mined.jsonl") as lines:
-        for line in lines:
-            row = json.loads(line)
-            try:
-                sources.append(template.format(row["intent"], row["snippet"]))
-            except ValueError:
-                continue
-            if len(sources) == n:
-                break
-    return sources
+    return measure_agreement.fixture_sources(model, fixture_dir, n)
 
 
 def run_planner(engine, sources: list[str]):
