@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.cli import Parser, run
 from serve.engines.cuda_libs import FIX as CUBLAS_FIX
 from serve.engines.cuda_libs import preload_cublas12
 from serve.engines.probe import ENGINES, SETUP_FIX, describe_error, engine_probe
@@ -276,7 +277,7 @@ def verdict(report: dict) -> tuple[int, list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="serve.doctor", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="serve.doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="default: cuda if usable")
     parser.add_argument(
@@ -295,6 +296,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown or not engines:
         parser.error(f"--engines: unknown {unknown or 'empty'} (choose from {', '.join(ENGINES)})")
+    if args.timeout <= 0:
+        parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
     args.engines = engines
     return args
 
@@ -400,6 +403,4 @@ def _print_verdict(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    from common.cli import run
-
     run(main, "serve.doctor")

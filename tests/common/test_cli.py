@@ -32,6 +32,8 @@ CASES = [
     ("train.merge", ["--adapter", "{tmp}/missing", "--output", "{tmp}/m"], "missing"),
     ("train.merge", ["--adapter", "a", "--output", "m", "--max_shard_size", "huge"],
      "--max_shard_size"),
+    ("serve.doctor", ["--engines", "hf,trt"], "--engines"),
+    ("serve.doctor", ["--timeout", "0"], "--timeout"),
     ("serve.inspect", ["{tmp}/missing"], "missing"),
     ("serve.inspect", ["{tmp}", "--rows", "-1"], "--rows"),
     ("data.stats", ["--input", "{tmp}/missing.json"], "missing.json"),
