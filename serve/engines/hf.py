@@ -127,6 +127,9 @@ class HFEngine(Engine):
             max_new_tokens=self.options.max_new_tokens,
             min_new_tokens=self.options.min_new_tokens,
             num_beams=self.options.num_beams,
+            # Beams stop once num_beams hypotheses have finished, as CTranslate2's do
+            # (patience 1), so the two engines run the same search and agree.
+            early_stopping=True,
             do_sample=False,
         )
         # Keep what was generated: not the decoder start token, not a causal LM's prompt.

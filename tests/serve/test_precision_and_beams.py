@@ -7,8 +7,9 @@
   `tie_word_embeddings=True` for every T5, and CTranslate2's converter then scales the
   decoder output by d_model**-0.5, which HF does only when `scale_decoder_outputs`.
   Greedy decoding cannot see a constant logit scale; log-probabilities and beams can.
-- Beam search follows HF's: length penalty and stopping rule come from the model's
-  generation_config (HF's defaults where unset).
+- Beam search is the same algorithm in both engines: the length penalty comes from the
+  model's generation_config (HF's default where unset), and both stop once num_beams
+  hypotheses have finished (hf early_stopping=True, CTranslate2 patience 1).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ INT8_ROWS = 200
 # 200 rows: on 80, which near-ties a training run leaves varies the share too much.
 BEAM_ROWS = 200
 BEAMS = 4
-MIN_BEAM_AGREEMENT = 0.90
+MIN_BEAM_AGREEMENT = 0.97
 # Measured 80.5%, 79.0% and 69.5% of 200 rows on three trainings of the demo's T5 (the
 # CPU training is not bit-reproducible); much lower means int8 or the measurement broke.
 MIN_INT8_AGREEMENT = 0.60
@@ -177,7 +178,7 @@ def test_beam_search_matches_hf_on_merged_t5(merged_models, fixture_dir, tmp_pat
 @pytest.mark.slow
 def test_beam_settings_come_from_generation_config(merged_models, fixture_dir, tmp_path):
     """A generation_config asking for early stopping and a length penalty: both engines
-    follow it, and with early stopping their searches are the same algorithm."""
+    follow its length penalty, and still run the same search."""
     from transformers import GenerationConfig
 
     from serve.engines.ctranslate2 import CTranslate2Engine
