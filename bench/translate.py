@@ -26,9 +26,9 @@ from bench import common
 from bench.common import RESULTS, median, read_jsonl, stopwatch, table
 
 # contender -> (model, engine, precision, data set); None engine: not serve.translate.
-# `-int8-tuned`: the sweep's best CLI window. `-raw`: the engine's Translator alone on the
-# same batches, pre-tokenized. `-duplicates`: real CoNaLa's duplicate rate. The decoder-only
-# pair is 256 wide x 4 layers (at 128 x 2 both would time only their per-step overhead).
+# `-int8-tuned`: the sweep's best serve.translate settings. `-raw`: the engine's Translator
+# alone on the same batches, pre-tokenized. `-duplicates`: real CoNaLa's duplicate rate. The
+# decoder-only pair is 256 wide x 4 layers (at 128 x 2 both would time only per-step overhead).
 CONTENDERS = {"baseline": ("t5", None, "float32", "unique"),
               "hf": ("t5", "hf", "float32", "unique"),
               "ctranslate2": ("t5", "ctranslate2", "auto", "unique"),
@@ -41,9 +41,9 @@ CONTENDERS = {"baseline": ("t5", None, "float32", "unique"),
 PIPELINES = [n for n, (m, e, _, d) in CONTENDERS.items() if m == "t5" and e and d == "unique"]
 NOTES = ["ctranslate2's CPU `auto` precision resolves to float32, so `ctranslate2` is the "
          "float32 contender (a separate ctranslate2-float32 run duplicated it)"]  # fmt: skip
-# The fastest planner window serve.translate's own flags reach (the sweep's finding: on 2
-# cores CTranslate2 runs smaller batches faster, and more of them overlap host work).
-TUNED_WINDOW = {"ctranslate2-int8-tuned": (4096, 64)}
+# The sweep's fastest setting: CTranslate2 splits each planner batch into sub-batches of at
+# most 2,048 tokens (on 2 cores smaller batches run faster and overlap host work).
+TUNED_ENGINE_ARGS = {"ctranslate2-int8-tuned": {"max_batch_tokens": 2048}}
 REFERENCE = {"hf-llama": "hf-llama", "vllm": "hf-llama"}  # the rest: baseline
 BASELINE_CHUNK = 8
 # Real CoNaLa train: 39 of 2,378 rows repeat a pair; recomputed when the file is at hand.
@@ -351,7 +351,8 @@ def run_pipeline(job: dict, name: str, model: str, engine: str, data: str) -> di
     import serve.translate
 
     precision, out, decoder = CONTENDERS[name][2], Path(job["run_dir"], "out"), data == "decoder"
-    window = TUNED_WINDOW.get(name, (job["batch_tokens"], job["max_batch_size"]))
+    window = (job["batch_tokens"], job["max_batch_size"])
+    engine_args = TUNED_ENGINE_ARGS.get(name, {})
     load_s = 0.0
     if not decoder:  # vLLM's minute-long start is not repeatable to the second: see above
         warm = build_engine(job, model, engine, precision)
@@ -370,6 +371,7 @@ def run_pipeline(job: dict, name: str, model: str, engine: str, data: str) -> di
         "--output_dir", str(out), "--precision", precision,
         "--max_new_tokens", str(job["new_tokens"]), "--min_new_tokens", str(job["new_tokens"]),
         "--batch_tokens", str(window[0]), "--max_batch_size", str(window[1]),
+        "--engine_args", json.dumps(engine_args),
     ]  # fmt: skip
     clock = stopwatch()
     summary = serve.translate.main(argv)
@@ -385,7 +387,8 @@ def run_pipeline(job: dict, name: str, model: str, engine: str, data: str) -> di
             "engine": f"serve.translate --engine {engine}",
             "timed": "shard work (manifest stats.seconds)" if decoder else "wall - load_s",
             "batching": "vllm: the whole shard in one call" if engine == "vllm" else
-            f"planner: batch_tokens {window[0]}, max_batch_size {window[1]}"}  # fmt: skip
+            f"planner: batch_tokens {window[0]}, max_batch_size {window[1]}"
+            + (f"; --engine_args {json.dumps(engine_args)}" if engine_args else "")}  # fmt: skip
 
 
 def run_raw(job: dict) -> dict:

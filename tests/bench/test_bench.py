@@ -67,7 +67,7 @@ def test_translate_quick(tmp_path):
     assert contenders["vllm"]["ratio_to"] == "hf-llama"
     assert contenders["ctranslate2"]["precision"] == "float32"
     assert contenders["ctranslate2-int8"]["precision"] == "int8_float32"
-    assert "4096" in contenders["ctranslate2-int8-tuned"]["batching"]
+    assert '"max_batch_tokens": 2048' in contenders["ctranslate2-int8-tuned"]["batching"]
     # Duplicate-free: every row of the headline set is its own source.
     assert contenders["ctranslate2"]["sequences"] == report["unique_sources"] > 60
     dedup = report["dedup_gain"]
