@@ -71,7 +71,8 @@ def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults)
     parser.set_defaults(**defaults)
     config_path = _config_path(argv)
     if config_path:
-        parser.set_defaults(**load_config(config_path, classes))
+        values = load_config(config_path, classes)
+        parser.set_defaults(**{k: _typed(parser, config_path, k, v) for k, v in values.items()})
     return parser.parse_args_into_dataclasses(args=argv)
 
 
@@ -85,11 +86,38 @@ def load_config(path: str, classes: tuple) -> dict:
         raise UserError(f"--config {path}: not valid YAML ({_first_line(err)})") from err
     if not isinstance(values, dict):
         raise UserError(f"--config {path}: expected a mapping of flag names to values")
-    known = {f.name for cls in classes for f in fields(cls)}
+    known = {f.name for cls in classes for f in fields(cls)} - {"config"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"{path}: unknown key(s) {unknown}; see `--help` for the valid names")
     return values
+
+
+def _typed(parser: argparse.ArgumentParser, path: str, key: str, value):
+    """A YAML value checked and converted exactly as the same flag on the command line is:
+    YAML's own types (`7.5`, `true`, a mapping) must not slip past the flag's type."""
+    action = next(a for a in parser._actions if a.dest == key)
+    where = f"--config {path}: {key}"
+    if value is None:
+        if action.default is None:
+            return None
+        raise UserError(f"{where}: null is not allowed (leave the key out for the default)")
+    many = action.nargs in ("+", "*")
+    if isinstance(value, list) and not many:
+        raise UserError(f"{where}: expected one value, got a list")
+    converted = []
+    for item in value if isinstance(value, list) and many else [value]:
+        text = json.dumps(item) if isinstance(item, dict | list) else str(item)
+        try:
+            item = action.type(text) if action.type else text
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            kind = getattr(action.type, "__name__", "value")
+            raise UserError(f"{where}: {value!r} is not a valid {kind}") from None
+        if action.choices is not None and item not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise UserError(f"{where}: {value!r} is not one of {choices}")
+        converted.append(item)
+    return converted if many else converted[0]
 
 
 def _config_path(argv: list[str]) -> str | None:

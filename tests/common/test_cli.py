@@ -68,3 +68,42 @@ def test_yaml_config_refuses_unknown_keys(tmp_path):
     config.write_text("model: m\noutput_dir: o\nmax_new_token: 3\n")
     proc = run([sys.executable, "-m", "serve.translate", "--config", config], check=False)
     assert proc.returncode == 2 and "unknown key(s) ['max_new_token']" in proc.stderr
+
+
+BAD_YAML_VALUES = [
+    ("rows_per_shard: 7.5", "rows_per_shard"),
+    ("rows_per_shard: null", "rows_per_shard"),
+    ("max_new_tokens: 2.5", "max_new_tokens"),
+    ("num_beams: true", "num_beams"),
+    ("batch_tokens: .nan", "batch_tokens"),
+    ("precision: fp8", "precision"),
+    ("limit: [1, 2]", "limit"),
+    ("config: other.yaml", "config"),
+]
+
+
+@pytest.mark.parametrize(("line", "named"), BAD_YAML_VALUES)
+def test_yaml_values_are_checked_like_flags(line, named, tmp_path):
+    from common.cli import UserError, parse_with_config
+    from serve.translate import GenerationOptions, TranslateArguments
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: m\noutput_dir: o\n{line}\n")
+    with pytest.raises(UserError, match=named):
+        parse_with_config((TranslateArguments, GenerationOptions), ["--config", str(config)])
+
+
+def test_yaml_values_take_the_flag_types(tmp_path):
+    from common.cli import parse_with_config
+    from serve.translate import GenerationOptions, TranslateArguments
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: 123\noutput_dir: o\ninput: a.jsonl\nengine_args: {max_batch_tokens: 2048}\n"
+        "limit: 10\nmax_new_tokens: 7\n"
+    )
+    args, options = parse_with_config(
+        (TranslateArguments, GenerationOptions), ["--config", str(config)]
+    )
+    assert args.model == "123" and args.input == ["a.jsonl"] and args.limit == 10
+    assert args.tuning == {"max_batch_tokens": 2048} and options.max_new_tokens == 7
