@@ -5,12 +5,15 @@ Curated splits are small (2,379 + 500 rows) and load whole as Arrow tables. Mine
 however many rows there are.
 
 Row-level isolation: in JSON and JSONL files every row is read on its own. A line
-that is not UTF-8 or not JSON, a field of the wrong type, or text that is not valid
-Unicode (a lone surrogate such as "\ud800", which Parquet cannot store) makes that
-row's `error` (naming the file and line) instead of stopping the read. Such a row
-keeps what could be read; invalid text is stored with U+FFFD in place of the bad
-code points. `iter_rows` yields those rows; `load_curated`, for training, refuses
-a file that has any.
+that is not UTF-8 or not JSON (or nested past Python's recursion limit), a field of
+the wrong type, or text that is not valid Unicode (a lone surrogate such as "\ud800",
+which Parquet cannot store) makes that row's `error` (naming the file and line)
+instead of stopping the read; so does a Parquet text value that is not UTF-8 (naming
+the row). Such a row keeps what could be read: invalid text is stored with U+FFFD in
+place of the bad code points, a number or object where text belongs as its JSON text.
+A key missing from one row is a null; a column missing from every row refuses the
+file. A leading UTF-8 byte-order mark is skipped. `iter_rows` yields those rows;
+`load_curated`, for training, refuses a file that has any.
 
 Hub source: the `neulab/conala` loading script no longer runs under current
 `datasets`, so the hub path reads the Parquet conversion the hub publishes on the
@@ -29,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.schema import CURATED_SCHEMA, MINED_SCHEMA, SchemaError, conform, with_error
+from data.schema import CURATED_SCHEMA, MINED_SCHEMA, SchemaError, conform, is_text, with_error
 
 HUB_DATASET = "neulab/conala"
 HUB_REVISION = "refs/convert/parquet"
@@ -106,24 +109,63 @@ def iter_rows(
     """Batches of `schema` plus `error` (null for a row read cleanly)."""
     path = Path(path)
     if file_format(path) == "parquet":
-        for batch in _parquet_file(path).iter_batches(batch_size=batch_rows):
-            table = conform(pa.Table.from_batches([batch]), schema, source=str(path))
-            table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
-            yield from table.to_batches()
+        yield from _iter_parquet_rows(path, schema, batch_rows)
         return
     rows = _iter_json_rows(path) if file_format(path) == "json" else _iter_jsonl_rows(path)
     buffer: list[dict] = []
-    checked = False
+    absent, objects = set(schema.names), 0  # columns no object row has had so far
     for where, row in rows:
-        if not checked and isinstance(row, dict):
-            _check_columns(path, row, schema)  # a column absent from the file, not a row
-            checked = True
+        if isinstance(row, dict):
+            absent -= row.keys()
+            objects += 1
         buffer.append(_conform_row(row, schema, f"{path} {where}"))
         if len(buffer) == batch_rows:
             yield pa.RecordBatch.from_pylist(buffer, schema=with_error(schema))
             buffer = []
     if buffer:
         yield pa.RecordBatch.from_pylist(buffer, schema=with_error(schema))
+    if absent and objects:  # a column absent from the file, not from a row
+        raise SchemaError(f"{path}: missing column(s) {sorted(absent)} in every row")
+
+
+def _iter_parquet_rows(path: Path, schema: pa.Schema, batch_rows: int):
+    offset = 0
+    for batch in _parquet_file(path).iter_batches(batch_size=batch_rows):
+        table, errors = _decode_text(pa.Table.from_batches([batch]), schema, path, offset)
+        table = conform(table, schema, source=str(path))
+        offset += table.num_rows
+        yield from table.append_column("error", pa.array(errors, pa.string())).to_batches()
+
+
+def _decode_text(table: pa.Table, schema: pa.Schema, path: Path, offset: int):
+    """Text columns as valid UTF-8; a value that is not becomes U+FFFD plus its row's error."""
+    problems: list[list[str]] = [[] for _ in range(table.num_rows)]
+    for field in schema:
+        if field.name not in table.column_names or not pa.types.is_string(field.type):
+            continue
+        column = table.column(field.name)
+        if not is_text(column.type):
+            continue  # conform() refuses or casts it
+        try:
+            column.cast(pa.string()).validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = []
+        for index, raw in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            try:
+                values.append(None if raw is None else raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                values.append(raw.decode("utf-8", "replace"))
+                problem = f"{field.name} is not UTF-8 ({err.reason} at byte {err.start})"
+                problems[index].append(problem)
+        table = table.set_column(
+            table.column_names.index(field.name), field.name, pa.array(values, pa.string())
+        )
+    return table, [
+        f"{path} row {offset + i}: " + "; ".join(found) if found else None
+        for i, found in enumerate(problems)
+    ]
 
 
 def file_format(path: Path) -> str:
@@ -156,11 +198,13 @@ def parquet_rows(path: Path) -> int:
 def _iter_json_rows(path: Path) -> Iterator[tuple[str, object]]:
     """A JSON array must parse as a whole; its items are then rows of their own."""
     try:
-        rows = json.loads(path.read_bytes().decode("utf-8"))
+        rows = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise SchemaError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
         raise SchemaError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    except RecursionError:
+        raise SchemaError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(rows, list):
         raise SchemaError(f"{path}: expected a JSON array of objects")
     for index, row in enumerate(rows):
@@ -175,6 +219,8 @@ def _iter_jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
     """
     with path.open("rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
             if not raw.strip():
                 continue
             try:
@@ -183,15 +229,8 @@ def _iter_jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
                 yield f"line {lineno}", ValueError(f"not UTF-8 ({err.reason} at byte {err.start})")
             except json.JSONDecodeError as err:
                 yield f"line {lineno}", ValueError(f"not valid JSON: {err.msg}")
-
-
-def _check_columns(path: Path, first: dict, schema: pa.Schema) -> None:
-    for name in schema.names:
-        if name not in first:
-            raise SchemaError(
-                f"{path}: missing column {name!r} (the first row has: "
-                f"{', '.join(map(str, first)) or 'nothing'})"
-            )
+            except RecursionError:
+                yield f"line {lineno}", ValueError("JSON nested too deeply to read")
 
 
 def _conform_row(row: object, schema: pa.Schema, where: str) -> dict:
@@ -218,7 +257,8 @@ def _conform_value(value, type_: pa.DataType) -> tuple[object, str | None]:
         return None, None
     if pa.types.is_string(type_):
         if not isinstance(value, str):
-            return None, f"has type {type(value).__name__}, expected a string"
+            text, _ = _conform_value(json.dumps(value, ensure_ascii=False), type_)
+            return text, f"has type {type(value).__name__}, expected a string (kept as JSON text)"
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:

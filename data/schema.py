@@ -46,9 +46,11 @@ class SchemaError(ValueError):
 def conform(table: pa.Table, schema: pa.Schema, *, source: str) -> pa.Table:
     """Select and cast `table` to `schema`, or raise naming the file and column.
 
-    Extra columns are dropped; integer/float widths and null-only columns are cast.
-    A column that cannot be cast (text where an int belongs) is an error, not a
-    silent null.
+    Extra columns are dropped. Lossless casts are made: integer/float widths, null-only
+    and dictionary-encoded (pandas `category`) columns, whole floats to integers (pandas
+    writes an int column with a missing value as float), integers and bytes to text. A
+    column that cannot be cast (text where an int belongs, 1.5 for an int) is an error,
+    not a silent null.
     """
     columns = []
     for field in schema:
@@ -74,12 +76,25 @@ def conform(table: pa.Table, schema: pa.Schema, *, source: str) -> pa.Table:
 
 
 def _castable(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if pa.types.is_dictionary(actual):
+        actual = actual.value_type
     if pa.types.is_null(actual):
         return True
     if pa.types.is_string(expected):
-        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
-    if pa.types.is_integer(expected):
-        return pa.types.is_integer(actual)
-    if pa.types.is_floating(expected):
-        return pa.types.is_floating(actual) or pa.types.is_integer(actual)
+        return is_text(actual) or pa.types.is_integer(actual)
+    if pa.types.is_integer(expected) or pa.types.is_floating(expected):
+        return pa.types.is_integer(actual) or pa.types.is_floating(actual)
     return False
+
+
+def is_text(type_: pa.DataType) -> bool:
+    """Strings or bytes (bytes are decoded as UTF-8, row by row, by the readers)."""
+    return any(
+        check(type_)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+        )  # fmt: skip
+    )

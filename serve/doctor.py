@@ -129,7 +129,9 @@ def resources(output_dir: Path) -> dict:
     import psutil
 
     ram = psutil.virtual_memory()
-    output_dir = (output_dir if output_dir.exists() else Path.cwd()).resolve()
+    output_dir = output_dir.resolve()
+    while not output_dir.exists():  # not made yet: the disk it will be made on
+        output_dir = output_dir.parent
     disk = shutil.disk_usage(output_dir)
     disk_need = (
         UL2_NEEDS["merged_checkpoint_disk"]
@@ -296,8 +298,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown or not engines:
         parser.error(f"--engines: unknown {unknown or 'empty'} (choose from {', '.join(ENGINES)})")
-    if args.timeout <= 0:
-        parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if not 0 < args.timeout < 1e6:  # also NaN and inf
+        parser.error(f"--timeout must be > 0 seconds (and finite), got {args.timeout}")
     args.engines = engines
     return args
 

@@ -8,15 +8,17 @@ Stored text is shown with control characters and escape sequences escaped (`\\x1
 
 from __future__ import annotations
 
-import json
+import re
 import textwrap
 import unicodedata
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from common.cli import Parser, UserError, run
-from serve.sink import MANIFEST
+from data.schema import OUTPUT_SCHEMA
+from serve.sink import MANIFEST, load_manifest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,36 +29,49 @@ def main(argv: list[str] | None = None) -> None:
     if args.rows < 0:
         raise UserError(f"--rows must be >= 0, got {args.rows}")
     manifest = read_manifest(args.output_dir)
-    parts = sorted(map(str, args.output_dir.glob("part-*.parquet")))
-    dataset = ds.dataset(parts, format="parquet")
+    found = {shard_index(p): str(p) for p in args.output_dir.glob("part-*.parquet") if p.is_file()}
+    parts = [found[i] for i in sorted(i for i in found if i is not None)]
+    dataset = open_parts(parts)
     errors = dataset.count_rows(filter=ds.field("error").is_valid()) if parts else 0
-    params = manifest.get("params", {})
+    rows = dataset.count_rows()
+    missing = sorted(set(range(manifest.get("num_shards") or 0)) - set(map(shard_index, parts)))
+    complete = manifest.get("complete", False) is True and not missing
+    params = manifest["params"]
     print(
-        f"{escape(str(args.output_dir))}: {len(parts)} shards, {dataset.count_rows()} rows, "
-        f"{errors} with an error, complete: {manifest.get('complete', False)}"
+        f"{escape(str(args.output_dir))}: {len(parts)} shards, {rows} rows, "
+        f"{errors} with an error, complete: {complete}"
+        + (f" (shards missing: {', '.join(map(str, missing[:10]))})" if missing else "")
     )
     print(escape(f"model {params.get('model')} via {params.get('engine')}, "
                  f"generation {params.get('generation')}"))  # fmt: skip
-    for row in dataset.head(args.rows).to_pylist() if parts else []:
+    for row in dataset.head(min(args.rows, rows)).to_pylist() if parts else []:
         print(f"\n  id {escape(str(row['id']))}")
         for name in ("intent", "snippet", "rewritten_intent", "error"):
             value = textwrap.shorten(escape(str(row[name])), 110, placeholder=" ...")
             print(f"    {name:<17}{value}")
 
 
+def open_parts(parts: list[str]) -> ds.Dataset:
+    """The part files as one dataset; one without the output columns is named."""
+    for part in parts:
+        names = pq.read_schema(part).names
+        absent = [name for name in OUTPUT_SCHEMA.names if name not in names]
+        if absent:
+            raise UserError(f"{part}: not a translate-mined shard (no column {absent[0]!r})")
+    return ds.dataset(parts, format="parquet")
+
+
+def shard_index(part: str | Path) -> int | None:
+    match = re.fullmatch(r"part-(\d+)\.parquet", Path(part).name)
+    return int(match.group(1)) if match else None
+
+
 def read_manifest(output_dir: Path) -> dict:
-    path = output_dir / MANIFEST
     if not output_dir.is_dir():
         raise FileNotFoundError(f"{output_dir}: no such directory")
-    if not path.is_file():
+    if not (output_dir / MANIFEST).is_file():
         raise UserError(f"{output_dir}: no {MANIFEST}; is this a translate-mined output?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path}: not a translate-mined manifest")
-    return manifest
+    return load_manifest(output_dir)
 
 
 def escape(text: str) -> str:

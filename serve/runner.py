@@ -9,7 +9,9 @@ shard i overlaps generating shard i+1 (pyarrow releases the GIL while it writes)
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import math
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ from data.schema import OUTPUT_SCHEMA
 from serve.engines import create_engine, engine_class, select_engine
 from serve.engines.base import Engine, GenerationOptions
 from serve.identity import model_fingerprint
+from serve.model_files import check_model_files
 from serve.planner import generate_rows
 from serve.shards import InputScan, iter_shards, scan
 from serve.sink import ShardSink
@@ -35,6 +38,7 @@ logger = logging.getLogger("serve.translate")
 # them and they carry no meaning in an intent or a snippet. Sources only: the stored
 # columns keep the input's text byte for byte.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_CHARS_PER_TOKEN = 64
 
 
 @dataclass
@@ -54,7 +58,14 @@ def prepare(args, options: GenerationOptions, rank: int, world: int) -> Plan:
     if output.exists() and not output.is_dir():
         raise UserError(f"--output_dir {output} is a file; give a directory")
     inputs = scan(args.input or [args.dataset], limit=args.limit, allow_empty=args.allow_empty)
+    for path in inputs.paths:
+        if output.resolve() in Path(path).resolve().parents:
+            raise UserError(
+                f"--input {path} lies inside --output_dir {output}, where the run writes "
+                "(and --overwrite deletes); move it or pick another --output_dir"
+            )
     template = resolve_template(args)
+    check_model_files(args.model)
     device = local_device(args.device)
     engine = select_engine(
         args.model, args.engine, device=device, trust_remote_code=args.trust_remote_code
@@ -72,13 +83,33 @@ def prepare(args, options: GenerationOptions, rank: int, world: int) -> Plan:
 def check_tuning(engine: str, tuning: dict) -> None:
     """Refuse --engine_args keys the chosen engine does not take, before any work."""
     taken = inspect.signature(engine_class(engine)).parameters
-    knobs = [name for name, p in taken.items() if p.kind is p.KEYWORD_ONLY]
+    knobs = {name: p for name, p in taken.items() if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(tuning) - set(knobs))
     if unknown:
         raise UserError(
             f"--engine_args: the {engine} engine has no option {', '.join(unknown)} "
             f"(it takes {', '.join(knobs) or 'none'})"
         )
+    for name, value in tuning.items():
+        annotation = str(knobs[name].annotation)  # a string: `from __future__ import annotations`
+        kind = annotation.split("|")[0].strip()
+        if value is None and "None" in annotation:
+            continue
+        if not _is_kind(value, kind):
+            raise UserError(f"--engine_args: {name} must be {_KINDS[kind][1]}, got {value!r}")
+
+
+_KINDS = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+              "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "dict": (lambda v: isinstance(v, dict), "a JSON object"),
+}  # fmt: skip
+
+
+def _is_kind(value, kind: str) -> bool:
+    return _KINDS[kind][0](value) if kind in _KINDS else True
 
 
 def resolve_template(args) -> SourceTemplate:
@@ -98,6 +129,7 @@ def run_params(plan: Plan) -> dict:
         "model": str(model.resolve()) if model.exists() else plan.args.model,
         "model_fingerprint": model_fingerprint(plan.args.model),
         "engine": plan.engine,
+        "device": device_kind(plan.device),  # `auto` precision resolves per device
         "precision": plan.args.precision,
         "generation": asdict(plan.options),
         "source_template": asdict(plan.template),
@@ -105,6 +137,15 @@ def run_params(plan: Plan) -> dict:
         "limit": plan.args.limit,
         "engine_args": plan.args.tuning,
     }
+
+
+def device_kind(device: str) -> str:
+    """`cpu`, or `cuda (<card name>)`: the same for every rank of a node."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 def open_sink(plan: Plan) -> ShardSink:
@@ -164,7 +205,21 @@ def run(plan: Plan, sink: ShardSink) -> dict:
 
 
 def load_engine(plan: Plan) -> Engine:
+    """Build the engine; a model or option it cannot load with is named in one line."""
     logger.info("loading %s with engine %s on %s", plan.args.model, plan.engine, plan.device)
+    try:
+        return _create(plan)
+    except UserError:
+        raise
+    except Exception as err:  # torch, transformers, CTranslate2 and vLLM each raise their own
+        raise UserError(
+            f"the {plan.engine} engine could not load --model {plan.args.model}"
+            f"{' with --engine_args ' + json.dumps(plan.args.tuning) if plan.args.tuning else ''}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+def _create(plan: Plan) -> Engine:
     return create_engine(
         plan.engine,
         plan.args.model,
@@ -181,7 +236,7 @@ def load_engine(plan: Plan) -> Engine:
 def translate_shard(engine: Engine, table: pa.Table, plan: Plan, on_rows):
     """Generate for one shard; every input row comes back with an output or an error."""
     started = time.perf_counter()
-    sources, errors = format_sources(table, plan.template)
+    sources, errors = cap_sources(*format_sources(table, plan.template), engine)
     on_rows(sum(source is None for source in sources))
     result = generate_rows(
         engine,
@@ -212,19 +267,38 @@ def translate_shard(engine: Engine, table: pa.Table, plan: Plan, on_rows):
 
 def format_sources(table: pa.Table, template: SourceTemplate) -> tuple[list, list]:
     """The engine source of each row, or None and the reason it has none."""
-    columns = table.select(["intent", "snippet", "error"]).to_pydict()
+    columns = table.select(["id", "intent", "snippet", "error"]).to_pydict()
     sources, errors = [], []
-    for intent, snippet, read_error in zip(columns["intent"], columns["snippet"], columns["error"]):
-        if read_error:
-            sources.append(None)
-            errors.append(read_error)
+    for row_id, intent, snippet, read_error in zip(*columns.values()):
+        source, error = None, read_error
+        if error is None and row_id is None:
+            error = "unusable row: no id"
+        if error is None:
+            try:
+                source = _CONTROL.sub(" ", template.format(intent, snippet))
+            except ValueError as err:
+                error = f"unusable row: {err}"
+        sources.append(source)
+        errors.append(error)
+    return sources, errors
+
+
+def cap_sources(sources: list, errors: list, engine: Engine) -> tuple[list, list]:
+    """Cut sources far over the token limit before they are tokenized (tokenizing a 20 MB
+    snippet takes minutes): no real token spans MAX_CHARS_PER_TOKEN characters. An engine
+    that does not truncate gets that row's error instead."""
+    limit = engine.options.max_source_length
+    for i, source in enumerate(sources):
+        if source is None or len(source) <= limit * MAX_CHARS_PER_TOKEN:
             continue
-        try:
-            sources.append(_CONTROL.sub(" ", template.format(intent, snippet)))
-            errors.append(None)
-        except ValueError as err:
-            sources.append(None)
-            errors.append(f"unusable row: {err}")
+        if engine.capabilities.truncates_sources:
+            sources[i] = source[: limit * MAX_CHARS_PER_TOKEN]
+        else:
+            sources[i] = None
+            errors[i] = (
+                f"unusable row: source has {len(source)} characters, far over the "
+                f"{limit}-token limit (--max_source_length)"
+            )
     return sources, errors
 
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.cli import UserError
 from data.loaders import file_format, iter_mined, parquet_rows, resolve
+from data.schema import MINED_SCHEMA, conform
 from serve.identity import files_fingerprint
 
 
@@ -32,14 +34,19 @@ class InputScan:
 
 def scan(sources: list[str], *, limit: int | None, allow_empty: bool) -> InputScan:
     """Resolve and check the inputs; refuse what cannot make a meaningful run."""
+    if any(not source for source in sources):
+        raise UserError("--input: an empty path")
     paths = [str(resolve(source, subset="mined", split="train")) for source in sources]
     rows = unreadable = 0
     first_error = None
     for path in paths:
         if file_format(Path(path)) == "parquet":
             rows += parquet_rows(Path(path))  # also proves it is Parquet
+            check_parquet_schema(Path(path))
             continue
-        for batch in iter_mined(path):
+        for batch in iter_mined(path):  # read to the end: a column missing from every row
+            if limit is not None:
+                batch = batch.slice(0, max(0, limit - rows))
             errors = batch.column("error").drop_null()
             rows += batch.num_rows
             unreadable += len(errors)
@@ -53,6 +60,11 @@ def scan(sources: list[str], *, limit: int | None, allow_empty: bool) -> InputSc
     if rows and unreadable >= rows:
         raise UserError(f"no row of the input can be read, e.g. {first_error}")
     return InputScan(paths, rows, unreadable, files_fingerprint(paths))
+
+
+def check_parquet_schema(path: Path) -> None:
+    """Columns missing or of a type that cannot be read are refused now, not mid-run."""
+    conform(pq.read_schema(path).empty_table(), MINED_SCHEMA, source=str(path))
 
 
 def iter_shards(paths: list[str], rows_per_shard: int, limit: int | None) -> Iterator[pa.Table]:

@@ -11,6 +11,8 @@ An output directory holds:
 * ``.manifest.lock`` -- ``flock`` target that serializes manifest updates across ranks.
 * ``.run.lock`` -- every live writer holds a shared ``flock`` on it; replacing the run
   (``overwrite``) needs it exclusively, so a live run is never wiped under its writers.
+* ``.rank-RRRRR-of-WWWWW.lock`` -- held exclusively by the live writer of that rank, so a
+  second copy of the same command is refused rather than racing it shard by shard.
 
 Readers should glob ``part-*.parquet`` (the manifest is not Parquet).
 
@@ -24,7 +26,8 @@ informational and may lag by one shard per rank after a kill (``finish`` fills s
 
 Resume: a sink over a directory whose manifest has the same params, ``rows_per_shard`` and
 schema carries on and the caller skips ``done()`` shards. Anything different raises
-``ResumeMismatch`` unless ``overwrite=True``, which wipes the old run first.
+``ResumeMismatch`` unless ``overwrite=True``, which wipes the old run first, or the old run
+never finished a shard (a failed start), which is replaced the same way.
 
 No mixing: a run gets a random ``run_id`` when its manifest is created. Every writer
 checks, under the manifest lock and just before renaming a shard into place, that the
@@ -139,13 +142,29 @@ class ShardSink:
             "schema": {"names": schema.names, "types": [str(t) for t in schema.types]},
         }
         self.dir.mkdir(parents=True, exist_ok=True)
+        # One live writer per rank: a second copy of the same command would redo (and then
+        # collide on) the same shards.
+        self._rank_lock = open(self.dir / f".rank-{rank:05d}-of-{world_size:05d}.lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._rank_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._rank_lock.close()
+            raise UserError(
+                f"{self.dir} is already being written by a live process as rank {rank} of "
+                f"{world_size}; wait for it or stop it"
+            ) from None
         # Held (shared) for the sink's lifetime; the OS drops it when the process dies.
         self._run_lock = open(self.dir / RUN_LOCK, "a")  # noqa: SIM115
+        try:
+            with self._locked():
+                manifest = self._open_run(self._read_manifest(), overwrite)
+        except BaseException:
+            self.close()  # a refused sink must not keep this rank's lock
+            raise
+        self.run_id = manifest["run_id"]
+        # A killed writer leaves its temp file behind. Only the owner may delete one: a live
+        # rank could be writing any other temp file right now.
         with self._locked():
-            manifest = self._open_run(self._read_manifest(), overwrite)
-            self.run_id = manifest["run_id"]
-            # A killed writer leaves its temp file behind. Only the owner may delete one: a
-            # live rank could be writing any other temp file right now.
             for index, path in _indices(self.dir, _TEMP).items():
                 if self.owns(index):
                     path.unlink(missing_ok=True)
@@ -158,7 +177,9 @@ class ShardSink:
                 "unknown; pass --overwrite or pick a new --output_dir"
             )
         diffs = self._diff(manifest) if manifest is not None else []
-        if diffs and not overwrite:
+        # A run that never finished a shard has nothing to lose or mix with: a failed
+        # start (a bad model, say) must not block the corrected command.
+        if diffs and not overwrite and _indices(self.dir, _PART):
             raise ResumeMismatch(
                 f"{self.dir} holds a run with different parameters: {'; '.join(diffs)}. "
                 "Pass --overwrite to replace it or pick a new --output_dir."
@@ -275,8 +296,9 @@ class ShardSink:
         return manifest
 
     def close(self) -> None:
-        """Release the run lock (also released when the process exits)."""
+        """Release the run and rank locks (also released when the process exits)."""
         self._run_lock.close()
+        self._rank_lock.close()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -287,15 +309,10 @@ class ShardSink:
             yield
 
     def _read_manifest(self) -> dict | None:
-        path = self.dir / MANIFEST
-        if not path.exists():
-            return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return load_manifest(self.dir)
         except ValueError as err:
-            raise ResumeMismatch(
-                f"{path} is not valid JSON ({err}); pass --overwrite to start over"
-            ) from None
+            raise ResumeMismatch(f"{err}; pass --overwrite to start over") from None
 
     def _write_manifest(self, manifest: dict) -> None:
         # Temp file + rename so a kill mid-write leaves the previous manifest, never half a
@@ -324,6 +341,35 @@ class ShardSink:
             for path in _indices(self.dir, pattern).values():
                 path.unlink()
         (self.dir / MANIFEST).unlink(missing_ok=True)
+
+
+# Keys a manifest must have, with their types, for any reader to trust the rest.
+_MANIFEST_KEYS = {"params": dict, "shards": dict, "rows_per_shard": int}
+
+
+def load_manifest(output_dir: str | os.PathLike) -> dict | None:
+    """The directory's manifest, None if it has none; ValueError if it is not one of ours."""
+    path = Path(output_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a translate manifest (a JSON {type(manifest).__name__})")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ValueError(
+                f"{path} is not a translate manifest ({key!r} should be a {kind.__name__}, "
+                f"got {manifest.get(key)!r:.60})"
+            )
+    optional = {"run_id": str, "num_shards": int}
+    if any(not isinstance(manifest.get(k, kind()), kind) for k, kind in optional.items()):
+        raise ValueError(f"{path} is not a translate manifest (run_id or num_shards mistyped)")
+    if not all(isinstance(entry, dict) for entry in manifest["shards"].values()):
+        raise ValueError(f"{path} is not a translate manifest (a shard entry is not an object)")
+    return manifest
 
 
 def read_output(output_dir: str | os.PathLike) -> pa.Table:

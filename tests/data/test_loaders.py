@@ -64,7 +64,7 @@ def test_real_curated_train_file():
 def test_missing_column_names_file_and_column(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"intent": "x", "snippet": "y", "question_id": 1}]))
-    with pytest.raises(SchemaError, match=r"bad\.json: missing column 'rewritten_intent'"):
+    with pytest.raises(SchemaError, match=r"bad\.json: missing column\(s\) \['rewritten_intent'\]"):
         load_curated(str(path))
 
 

@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from common.cli import UserError
 from data.schema import OUTPUT_SCHEMA
-from serve.sink import ResumeMismatch, RunReplaced, ShardSink, read_output
+from serve.sink import ResumeMismatch, RunReplaced, ShardSink, load_manifest, read_output
 
 REPO = Path(__file__).resolve().parents[2]
 # A tuple on purpose: the manifest stores it as a JSON list, and resuming must still match.
@@ -177,6 +178,10 @@ def test_resume_with_same_params_keeps_done_shards(tmp_path):
     first.write(0, rows(0, 10))
     first.write(1, rows(10, 10))
     written = (tmp_path / "part-00000.parquet").read_bytes()
+    # A second live writer of the same rank is refused, not raced.
+    with pytest.raises(UserError, match="already being written by a live process as rank 0"):
+        make_sink(tmp_path)
+    first.close()
     # overwrite=True with identical params resumes too (so concurrent ranks can't wipe).
     for overwrite in (False, True):
         assert make_sink(tmp_path, overwrite=overwrite).done() == {0, 1}
@@ -202,14 +207,17 @@ def test_overwrite_with_different_params_wipes_the_old_run(tmp_path):
     old.write(0, rows(0, 10))
     old.write(1, rows(10, 10))
     (tmp_path / ".part-00002.parquet.tmp").write_bytes(b"left by a killed writer")
-    # While the old run's writer is alive, its run cannot be replaced under it.
-    with pytest.raises(ResumeMismatch, match="being written by another live process"):
+    # While the old run's writer is alive, its run cannot be replaced under it (by the
+    # same rank, or by a run of another shape).
+    with pytest.raises(UserError, match="already being written by a live process"):
         make_sink(tmp_path, params={**PARAMS, "model": "big-t5"}, overwrite=True)
+    with pytest.raises(ResumeMismatch, match="being written by another live process"):
+        make_sink(tmp_path, params={**PARAMS, "model": "big-t5"}, world_size=2, overwrite=True)
     assert old.done() == {0, 1}
     old.close()
     new = make_sink(tmp_path, params={**PARAMS, "model": "big-t5"}, overwrite=True)
     assert new.done() == set()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".rank-")) == [
         ".manifest.lock",
         ".run.lock",
         "manifest.json",
@@ -217,6 +225,32 @@ def test_overwrite_with_different_params_wipes_the_old_run(tmp_path):
     assert manifest(tmp_path)["params"]["model"] == "big-t5"
     assert manifest(tmp_path)["shards"] == {}
     assert manifest(tmp_path)["run_id"] != old.run_id
+
+
+def test_a_run_that_never_finished_a_shard_is_replaced_without_overwrite(tmp_path):
+    make_sink(tmp_path).close()  # a failed start: manifest written, no shard
+    fixed = make_sink(tmp_path, params={**PARAMS, "model": "big-t5"})
+    assert manifest(tmp_path)["params"]["model"] == "big-t5"
+    fixed.write(0, rows(0, 10))
+    fixed.close()
+    with pytest.raises(ResumeMismatch, match="model: 'big-t5' -> 'tiny-t5'"):
+        make_sink(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[1]", '{"params": null, "shards": {}, "rows_per_shard": 10}',
+     '{"params": {}, "shards": [], "rows_per_shard": 10}',
+     '{"params": {}, "shards": {"0": 3}, "rows_per_shard": 10}',
+     '{"params": {}, "shards": {}, "rows_per_shard": "10"}',
+     '{"params": {}, "shards": {}, "rows_per_shard": 10, "num_shards": "2"}'],
+)  # fmt: skip
+def test_a_manifest_of_the_wrong_shape_is_named_not_crashed_on(tmp_path, text):
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(ValueError, match="not a translate manifest"):
+        load_manifest(tmp_path)
+    with pytest.raises(ResumeMismatch, match="--overwrite"):
+        make_sink(tmp_path)
 
 
 def test_a_writer_whose_run_was_replaced_stops_without_writing(tmp_path):
