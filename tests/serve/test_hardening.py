@@ -328,3 +328,129 @@ def test_auto_falls_back_to_hf_when_ctranslate2_cannot_load(tiny_models, tmp_pat
     line = one_error_line(named)
     assert "--engine ctranslate2 cannot run" in line and "nvidia-cublas-cu12" in line
     assert not (tmp_path / "ct2").exists()
+
+
+def broken_model(kind: str, t5: Path, path: Path) -> Path:
+    """A copy of the tiny T5 with one thing wrong."""
+    import shutil
+
+    shutil.copytree(t5, path)
+    if kind == "no tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (path / name).unlink(missing_ok=True)
+    elif kind == "pickle only":
+        (path / "model.safetensors").rename(path / "pytorch_model.bin")
+    elif kind == "truncated weights":
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[:1000])
+    elif kind == "adapter plus config":
+        (path / "model.safetensors").rename(path / "adapter_model.safetensors")
+        (path / "adapter_config.json").write_text("{}")
+    elif kind == "index names a missing shard":
+        index = {"weight_map": {"shared.weight": "model-00002-of-00002.safetensors"}}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [("no tokenizer", "no tokenizer files"), ("pickle only", "pytorch_model.bin"),
+     ("truncated weights", "not a readable safetensors file"),
+     ("adapter plus config", "LoRA adapter"), ("index names a missing shard", "model-00002")],
+)  # fmt: skip
+def test_a_broken_model_dir_is_refused_before_any_output(kind, named, tiny_models, tmp_path):
+    model = broken_model(kind, tiny_models["t5"], tmp_path / "model")
+    source = write_jsonl(tmp_path / "in.jsonl", [json.dumps(mined_row(1, "a", "b")).encode()])
+    for engine in ("hf", "ctranslate2"):
+        line = one_error_line(translate(model, source, tmp_path / "o", "--engine", engine))
+        assert named in line and "--model" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_input_inside_the_output_dir_is_refused(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    source = write_jsonl(out / "in.jsonl", [json.dumps(mined_row(1, "a", "b")).encode()])
+    line = one_error_line(translate(tiny_models["t5"], source, out, "--overwrite"))
+    assert "lies inside --output_dir" in line
+    assert source.is_file() and sorted(out.iterdir()) == [source]
+
+
+def test_engine_args_values_are_checked_before_any_output(tiny_models, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [json.dumps(mined_row(1, "a", "b")).encode()])
+    for value in ('{"inter_threads": "many"}', '{"max_batch_tokens": -1}',
+                  '{"inter_threads": true}'):  # fmt: skip
+        line = one_error_line(translate(tiny_models["t5"], source, tmp_path / "o",
+                                        "--engine_args", value))  # fmt: skip
+        assert "--engine_args" in line and "integer >= 0" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_odd_json_rows_each_keep_what_they_hold(tiny_models, tmp_path):
+    first = {k: v for k, v in mined_row(0, "bom row", "f(0)").items() if k != "prob"}
+    lines = [
+        b"\xef\xbb\xbf" + json.dumps(first).encode(),  # BOM, and no prob in the first row
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps({**mined_row(2, "number id", "f(2)"), "id": 12345}).encode(),
+        json.dumps({**mined_row(3, "null id", "f(3)"), "id": None}).encode(),
+        json.dumps(mined_row(4, "fine", "f(4)")).encode(),
+        *[b"{not json"] * 5,  # unreadable rows past --limit do not count against it
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out"
+    summary = json.loads(translate(tiny_models["t5"], source, out, "--limit", "5",
+                                   check=True).stdout)  # fmt: skip
+    assert summary["rows"] == 5 and summary["complete"]
+    rows = read_output(out).to_pylist()
+    assert [r["id"] for r in rows] == ["h0", None, "12345", None, "h4"]
+    assert rows[0]["error"] is None and rows[0]["prob"] is None
+    assert rows[0]["rewritten_intent"] is not None
+    assert "nested too deeply" in rows[1]["error"] and "in.jsonl line 2" in rows[1]["error"]
+    assert "id has type int" in rows[2]["error"] and rows[2]["intent"] == "number id"
+    assert rows[3]["error"] == "unusable row: no id"
+    assert rows[4]["error"] is None
+
+
+def test_odd_parquet_columns_are_cast_or_row_errors(tiny_models, tmp_path):
+    import pyarrow as pa
+
+    n = 6
+    valid = pa.array(["f()", "g()", "zzf", "h()", "k()", "m()"])  # then row 2 made invalid
+    _, offsets, data = valid.buffers()
+    data = pa.py_buffer(data.to_pybytes().replace(b"zz", b"\xff\xfe"))
+    snippets = pa.Array.from_buffers(pa.string(), n, [None, offsets, data])
+    table = pa.table({
+        "id": pa.array(range(n), pa.int64()),  # numbers: stored as text
+        "question_id": pa.array([1.0, None, 3.0, 4.0, 5.0, 6.0]),  # pandas' int with a gap
+        "parent_answer_post_id": pa.array(range(n), pa.int32()),
+        "prob": pa.array([0.5] * n, pa.float32()),
+        "intent": pa.array([f"intent {i}" for i in range(n)]).dictionary_encode(),
+        "snippet": snippets,
+    })  # fmt: skip
+    source = tmp_path / "in.parquet"
+    pq.write_table(table, source)
+    out = tmp_path / "out"
+    summary = json.loads(translate(tiny_models["t5"], source, out, check=True).stdout)
+    assert summary["rows"] == n and summary["errors"] == 1
+    rows = read_output(out).to_pylist()
+    assert [r["id"] for r in rows] == [str(i) for i in range(n)]
+    assert [r["question_id"] for r in rows][:2] == [1, None]
+    assert rows[2]["error"].endswith("in.parquet row 2: snippet is not UTF-8 (invalid start byte "
+                                     "at byte 0)")  # fmt: skip
+    assert rows[2]["snippet"] == "\ufffd\ufffdf"
+    nested = tmp_path / "nested.parquet"
+    pq.write_table(table.set_column(5, "snippet", pa.array([["a"]] * n)), nested)
+    line = one_error_line(translate(tiny_models["t5"], nested, tmp_path / "o2"))
+    assert "nested.parquet" in line and "'snippet'" in line
+    assert not (tmp_path / "o2").exists()
+
+
+def test_a_huge_source_is_cut_before_it_is_tokenized(tiny_models, tmp_path):
+    rows = [mined_row(0, "huge", "x = 1\n" * 400_000), mined_row(1, "small", "f(1)")]
+    source = write_jsonl(tmp_path / "in.jsonl", [json.dumps(r).encode() for r in rows])
+    started = time.monotonic()
+    summary = json.loads(translate(tiny_models["t5"], source, tmp_path / "o",
+                                   "--max_source_length", "16", check=True).stdout)  # fmt: skip
+    assert summary["errors"] == 0 and summary["truncated"] == 1
+    assert time.monotonic() - started < 120
+    assert read_output(tmp_path / "o").column("snippet")[0].as_py() == rows[0]["snippet"]
