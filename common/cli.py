@@ -129,6 +129,39 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def refuse_overlap(flag: str, output: str | Path, inputs: dict[str, list]) -> None:
+    """Refuse an output that is, or holds, one of the inputs (`{flag: [paths]}`): writing
+    (or replacing, with --overwrite) it would destroy what the run reads."""
+    target = Path(output).resolve()
+    for input_flag, paths in inputs.items():
+        for path in paths:
+            if path is None or not Path(path).exists():
+                continue  # a hub id, or a file that is not there to lose
+            source = Path(path).resolve()
+            if source == target or target in source.parents:
+                raise UserError(
+                    f"{flag} {output} holds the input {input_flag} {path}; writing there "
+                    f"would destroy it. Choose another {flag}"
+                )
+
+
+def refuse_existing(flag: str, paths: list[Path], overwrite: bool) -> None:
+    """Refuse to replace files or folders that exist, unless --overwrite."""
+    if overwrite:
+        return
+    for path in paths:
+        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            raise UserError(f"{flag}: {path} exists; pass --overwrite to replace it")
+    parent = paths[0].parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{flag} {parent} is a file; give a directory")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {seed}")
+
+
 def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None = None) -> None:
     """Call `main(argv)` and exit: 0 on success, 2 with one line for a user error.
 

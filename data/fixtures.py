@@ -21,12 +21,13 @@ The same seed gives byte-identical files; 600K mined rows take a few seconds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.cli import Parser, UserError, check_seed, refuse_existing, run
 
 DEFAULT_TRAIN_ROWS = 400
 DEFAULT_TEST_ROWS = 100
@@ -652,10 +653,11 @@ def _mined_rows(rng: random.Random, count: int, null_intents: int) -> Iterator[d
                     return
 
 
+MAX_ROWS = 10_000_000  # rows are built in memory; 600K (CoNaLa's mined size) takes ~10 s
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m data.fixtures", description="Write synthetic CoNaLa-shaped files."
-    )
+    parser = Parser(prog="python -m data.fixtures", description="Write synthetic CoNaLa files.")
     parser.add_argument("--out", required=True, help="Directory to write the three files into.")
     parser.add_argument("--seed", type=int, default=0, help="Random seed; same seed, same bytes.")
     parser.add_argument(
@@ -667,11 +669,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mined_rows", type=int, default=DEFAULT_MINED_ROWS, help="Rows in conala-mined.jsonl."
     )
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing files.")
     args = parser.parse_args(argv)
-    if min(args.train_rows, args.test_rows, args.mined_rows) < 0:
-        parser.error("row counts must be >= 0")
+    for name in ("train_rows", "test_rows", "mined_rows"):
+        if not 0 <= getattr(args, name) <= MAX_ROWS:
+            raise UserError(f"--{name} must be in [0, {MAX_ROWS:,}], got {getattr(args, name)}")
+    check_seed(args.seed)
+    out = Path(args.out)
+    refuse_existing("--out", [out / name for name in FILE_NAMES.values()], args.overwrite)
     paths = write_fixtures(
-        args.out,
+        out,
         seed=args.seed,
         train_rows=args.train_rows,
         test_rows=args.test_rows,
@@ -682,4 +689,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "data.fixtures")

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.cli import UserError, arg, parse_with_config, run
+from common.cli import UserError, arg, parse_with_config, refuse_overlap, run
 from common.hub import check_login, check_repo_id, push_folder
 from data.coverage import Histogram, curated_references
 from data.dataset_card import FIGURE, write_card, write_figure
@@ -189,9 +189,9 @@ def check_output(args: InstructArguments) -> Path:
         raise UserError(
             f"--output {output} exists and is not empty; pass --overwrite to replace it"
         )
-    for directory in args.translations:
-        if Path(directory).resolve() == output.resolve():
-            raise UserError(f"--output {output} is also a --translations directory")
+    inputs = {"--translations": args.translations, "--curated_train": [args.curated_train],
+              "--curated_test": [args.curated_test]}  # fmt: skip
+    refuse_overlap("--output", output, inputs)
     return output
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common.cli import Parser, run
+from common.cli import Parser, UserError, refuse_overlap, run
 from data.loaders import column_names, iter_rows, resolve
 from data.prompts import DEFAULT_TEMPLATE, SourceTemplate
 from data.schema import CURATED_SCHEMA, MINED_SCHEMA
@@ -258,6 +258,18 @@ def _cell(value) -> str:
     return str(value)
 
 
+def load_tokenizer(name: str):
+    """A local tokenizer directory, or a hub id (which needs the network)."""
+    from transformers import AutoTokenizer
+
+    if Path(name).exists() and not Path(name).is_dir():
+        raise UserError(f"--tokenizer {name} is a file; give a model or tokenizer directory")
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--tokenizer {name}: cannot load a tokenizer ({err})") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(
         prog="python -m data.stats", description="Describe a CoNaLa file and its tokenization."
@@ -294,11 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("max_source_length", "max_target_length"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
+    if args.json:
+        refuse_overlap("--json", args.json, {"--input": [args.input]})
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     stats = compute_stats(
         args.input,
         tokenizer=tokenizer,

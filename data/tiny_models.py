@@ -13,7 +13,6 @@ do: T5 appends `</s>` to every sequence, Llama prepends `<s>`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from common.cli import Parser, check_seed, refuse_existing, run
 from data.fixtures import write_fixtures
 from data.loaders import iter_mined, load_curated
 
@@ -209,13 +209,16 @@ _GENERATION_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_sta
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m data.tiny_models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and corpus")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing models")
     args = parser.parse_args(argv)
+    check_seed(args.seed)
+    refuse_existing("--out", [args.out / "t5", args.out / "llama"], args.overwrite)
     for kind, path in build(args.out, seed=args.seed).items():
         print(f"{kind}: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "data.tiny_models")

@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import Seq2SeqTrainingArguments
 
 from common.cli import arg, parse_with_config
+from common.hub import check_login
 from serve.engines.base import GenerationOptions
 
 # Original training.py flag -> flag here.
@@ -134,6 +135,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     )
 
     def __post_init__(self):
+        self.check_values()
         # Configs name DeepSpeed files relative to the repo, so they work from any cwd.
         if isinstance(self.deepspeed, str) and not Path(self.deepspeed).exists():
             if (REPO / self.deepspeed).is_file():
@@ -141,6 +143,28 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             elif not self.deepspeed.lstrip().startswith("{"):
                 raise FileNotFoundError(f"--deepspeed {self.deepspeed}: file not found")
         super().__post_init__()
+
+    def check_values(self) -> None:
+        """What the Trainer would only trip over after the model loads (or never)."""
+        if self.hub_token:  # the Trainer pickles its arguments into training_args.bin
+            raise ValueError(
+                "--hub_token would be saved in every checkpoint's training_args.bin; "
+                "log in with `hf auth login` or set HF_TOKEN instead"
+            )
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be >= 1 (or -1: epochs), got {self.max_steps}")
+        if not self.max_grad_norm >= 0:  # also NaN
+            raise ValueError(f"--max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        if Path(self.output_dir).is_file():
+            raise ValueError(f"--output_dir {self.output_dir} is a file; give a directory")
+        if self.push_to_hub:
+            if not self.hub_model_id:
+                raise ValueError("--push_to_hub needs --hub_model_id owner/name")
+            check_login("--push_to_hub", self.hub_model_id)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)

@@ -50,7 +50,7 @@ from transformers import (
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.utils.hub import convert_file_size_to_int
 
-from common.cli import UserError, arg, parse_with_config, run
+from common.cli import UserError, arg, parse_with_config, refuse_overlap, run
 from common.hub import check_repo_id, push_folder
 from data.prompts import SourceTemplate
 from serve.engines.hf import DTYPES
@@ -128,9 +128,14 @@ def main(argv: list[str] | None = None) -> dict:
     """Merge, verify and save; return the merge report. Raises on any refusal."""
     start = time.perf_counter()
     (args,) = parse_with_config((MergeArguments,), argv)
-    check_output(args)
     adapter = inspect_adapter(args.adapter)
-    base = args.base or adapter.config["base_model_name_or_path"]
+    base = args.base or adapter.config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise UserError(
+            f"--adapter {args.adapter}: adapter_config.json records no base model "
+            "(base_model_name_or_path); pass --base"
+        )
+    check_output(args, base)
     config = check_compatibility(base, adapter, args.trust_remote_code)
     warn_if_push_will_fail(args.push_to_hub)
     model, tokenizer = load_adapter_model(base, adapter, config, args)
@@ -149,20 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def check_output(args: MergeArguments) -> None:
-    """Refuse an output that would clobber work: non-empty, a file, or holding the inputs."""
+def check_output(args: MergeArguments, base: str) -> None:
+    """Refuse an output that would clobber work: non-empty, a file, or holding the inputs
+    (the base too when it comes from adapter_config.json)."""
     output = Path(args.output).resolve()
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {args.output} is a file; choose a directory path")
-    inputs = [Path(args.adapter).resolve()]
-    if args.base and Path(args.base).exists():
-        inputs.append(Path(args.base).resolve())
-    for path in inputs:
-        if path == output or output in path.parents:
-            raise ValueError(
-                f"--output {args.output} holds the input {path}; replacing it would delete "
-                "the input. Choose another --output"
-            )
+    refuse_overlap("--output", args.output, {"--adapter": [args.adapter], "--base": [base]})
     if output.is_dir() and any(output.iterdir()) and not args.overwrite:
         raise ValueError(
             f"--output {args.output} exists and is not empty; pass --overwrite to replace it "
@@ -181,6 +179,8 @@ def inspect_adapter(directory: str) -> Adapter:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise UserError(f"--adapter {config_file}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--adapter {config_file}: expected a JSON object")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"--adapter {directory}: peft_type {config.get('peft_type')}, not LORA")
     template = SourceTemplate.load(path)

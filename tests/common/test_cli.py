@@ -28,6 +28,15 @@ CASES = [
      "--engine_args"),
     ("train.finetune", ["--config", TINY, "--train_file", "{tmp}/missing.json"], "missing.json"),
     ("train.finetune", ["--config", TINY, "--lora_r", "0"], "--lora_r"),
+    ("train.finetune", ["--config", TINY, "--hub_token", "hf_secret"], "--hub_token"),
+    ("train.finetune", ["--config", TINY, "--per_device_train_batch_size", "0"],
+     "--per_device_train_batch_size"),
+    ("train.finetune", ["--config", TINY, "--max_steps", "-5"], "--max_steps"),
+    ("train.finetune", ["--config", TINY, "--push_to_hub", "true"], "--hub_model_id"),
+    ("data.stats", ["--input", "{shared}/conala-train.json", "--json",
+                    "{shared}/conala-train.json"], "--json"),
+    ("data.tiny_models", ["--out", "{tmp}/m", "--seed", "99999999999999999999"], "--seed"),
+    ("data.fixtures", ["--out", "{tmp}/f", "--mined_rows", "99999999999999"], "--mined_rows"),
     ("train.finetune", ["--config", "{tmp}/missing.yaml"], "missing.yaml"),
     ("train.merge", ["--adapter", "{tmp}/missing", "--output", "{tmp}/m"], "missing"),
     ("train.merge", ["--adapter", "a", "--output", "m", "--max_shard_size", "huge"],
@@ -49,7 +58,9 @@ CASES = [
 
 @pytest.mark.parametrize(("module", "args", "named"), CASES)
 def test_user_mistakes_get_one_line_and_exit_2(module, args, named, tmp_path):
-    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    if any("{shared}" in arg for arg in args):  # a real file; the check must refuse first
+        (tmp_path / "conala-train.json").write_text("[]")
+    args = [arg.replace("{tmp}", str(tmp_path)).replace("{shared}", str(tmp_path)) for arg in args]
     proc = run([sys.executable, "-m", module, *args], check=False, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-2000:]

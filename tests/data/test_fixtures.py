@@ -132,3 +132,11 @@ def test_cli_writes_the_same_files_as_the_function(tmp_path):
     expected = _bytes(write_fixtures(tmp_path / "function", seed=3, **SMALL))
     written = {split: (tmp_path / "cli" / name).read_bytes() for split, name in FILE_NAMES.items()}
     assert written == expected
+    # Existing files are never replaced silently.
+    again = [sys.executable, "-m", "data.fixtures", "--out", str(tmp_path / "cli"),
+             "--train_rows", "5"]  # fmt: skip
+    proc = subprocess.run(again, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr, proc.stderr
+    assert (tmp_path / "cli" / FILE_NAMES["train"]).read_bytes() == expected["train"]
+    subprocess.run([*again, "--overwrite"], cwd=REPO, check=True, capture_output=True)
+    assert (tmp_path / "cli" / FILE_NAMES["train"]).read_bytes() != expected["train"]
