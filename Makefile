@@ -23,6 +23,11 @@ CURATED_TRAIN ?= $(CURATED)
 CURATED_TEST ?= $(CURATED)
 # demo
 DEMO_DIR ?= runs/demo
+# Recipes read these from the environment ("$$OUT"), never pasted into the shell line, so
+# a path with spaces stays one argument and `;` or `$(...)` in a value is not run.
+# INPUT and TRANSLATIONS are lists: split on spaces. ARGS is shell text, as typed.
+export CONFIG HOSTFILE ADAPTER OUT BASE MODEL ENGINE INPUT TRANSLATIONS CURATED_TRAIN \
+  CURATED_TEST DEMO_DIR VENV NUM_GPUS
 
 .PHONY: help setup lock test lint format demo train merge translate-mined dataset doctor gpu-check bench bench-scale clean
 
@@ -30,7 +35,7 @@ help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup:  ## create .venv with the pinned stack (idempotent)
-	@VENV=$(VENV) scripts/setup.sh
+	@scripts/setup.sh
 
 test: setup  ## run the whole test suite (slow tests included)
 	$(PY) -m pytest -q
@@ -46,28 +51,26 @@ lock: setup  ## rewrite requirements-cpu.lock from the current .venv
 	mv requirements-cpu.lock.new requirements-cpu.lock
 
 demo: setup  ## whole pipeline offline on tiny models, into DEMO_DIR
-	@DEMO_DIR=$(DEMO_DIR) VENV=$(VENV) scripts/demo.sh
+	@scripts/demo.sh
 
-train: NUM_GPUS ?= 8
 train: setup  ## LoRA fine-tuning: CONFIG, NUM_GPUS | HOSTFILE, ARGS
-	$(VENV)/bin/deepspeed $(if $(HOSTFILE),--hostfile $(HOSTFILE),--num_gpus $(NUM_GPUS)) \
-	  --module train.finetune --config $(CONFIG) $(ARGS)
+	$(VENV)/bin/deepspeed $${HOSTFILE:+--hostfile "$$HOSTFILE"} $${HOSTFILE:---num_gpus "$${NUM_GPUS:-8}"} \
+	  --module train.finetune --config "$$CONFIG" $(ARGS)
 
 merge: setup  ## fold an adapter into a bf16 checkpoint: ADAPTER, OUT, [BASE], ARGS
-	@test -n "$(ADAPTER)" -a -n "$(OUT)" || { echo "usage: make merge ADAPTER=runs/ul2/adapter OUT=runs/ul2/merged [BASE=...]" >&2; exit 2; }
-	$(PY) -m train.merge --adapter $(ADAPTER) --output $(OUT) $(if $(BASE),--base $(BASE)) $(ARGS)
+	@test -n "$$ADAPTER" -a -n "$$OUT" || { echo "usage: make merge ADAPTER=runs/ul2/adapter OUT=runs/ul2/merged [BASE=...]" >&2; exit 2; }
+	$(PY) -m train.merge --adapter "$$ADAPTER" --output "$$OUT" $${BASE:+--base "$$BASE"} $(ARGS)
 
-translate-mined: NUM_GPUS ?= 1
 translate-mined: setup  ## mined rows -> Parquet: MODEL, OUT, [ENGINE], [NUM_GPUS], [INPUT], ARGS
-	@test -n "$(MODEL)" -a -n "$(OUT)" || { echo "usage: make translate-mined MODEL=runs/ul2/merged OUT=runs/ul2/mined [ENGINE=auto] [NUM_GPUS=1]" >&2; exit 2; }
-	$(if $(filter-out 1,$(NUM_GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NUM_GPUS),$(PY)) \
-	  -m serve.translate --model $(MODEL) --output_dir $(OUT) --engine $(ENGINE) \
-	  $(if $(INPUT),--input $(INPUT)) $(ARGS)
+	@test -n "$$MODEL" -a -n "$$OUT" || { echo "usage: make translate-mined MODEL=runs/ul2/merged OUT=runs/ul2/mined [ENGINE=auto] [NUM_GPUS=1]" >&2; exit 2; }
+	$$([ "$${NUM_GPUS:-1}" = 1 ] && echo $(PY) || echo "$(VENV)/bin/torchrun --standalone --nproc_per_node $$NUM_GPUS") \
+	  -m serve.translate --model "$$MODEL" --output_dir "$$OUT" --engine "$$ENGINE" \
+	  $${INPUT:+--input $$INPUT} $(ARGS)
 
 dataset: setup  ## translations -> instruction dataset: TRANSLATIONS, OUT, [CURATED | CURATED_TRAIN + CURATED_TEST], ARGS
-	@test -n "$(TRANSLATIONS)" -a -n "$(OUT)" || { echo "usage: make dataset TRANSLATIONS=runs/ul2/mined OUT=runs/ul2/dataset [CURATED=neulab/conala]" >&2; exit 2; }
-	$(PY) -m data.instruct --translations $(TRANSLATIONS) --output $(OUT) \
-	  --curated_train $(CURATED_TRAIN) --curated_test $(CURATED_TEST) $(ARGS)
+	@test -n "$$TRANSLATIONS" -a -n "$$OUT" || { echo "usage: make dataset TRANSLATIONS=runs/ul2/mined OUT=runs/ul2/dataset [CURATED=neulab/conala]" >&2; exit 2; }
+	$(PY) -m data.instruct --translations $$TRANSLATIONS --output "$$OUT" \
+	  --curated_train "$$CURATED_TRAIN" --curated_test "$$CURATED_TEST" $(ARGS)
 
 doctor: setup  ## what runs on this machine: devices, engines (a real generation each), RAM, disk
 	$(PY) -m serve.doctor $(ARGS)

@@ -9,11 +9,15 @@ that counts it, so the funnel adds up: input = output + the sum of the drops.
       contaminated_snippet       whitespace-collapsed snippet equals a curated-test one
     quality
       translate_error            the engine reported an error for the row
-      empty_instruction          null, empty or whitespace-only instruction
+      empty_output               null or blank snippet: the pair would have no output
+      empty_instruction          instruction null, or nothing but whitespace and
+                                 invisible characters (zero-width, bidi controls)
       degenerate_repetition      a word n-gram (n <= repetition_ngram) repeated
                                  >= repetition_repeats times back to back
-      length                     instruction words outside [min_words, max_words]
-      min_prob                   mining confidence under min_prob (mined rows only)
+      length                     instruction words outside [min_words, max_words], or
+                                 over MAX_WORD_CHARS characters per allowed word
+      min_prob                   mining confidence under min_prob, or not a number in
+                                 [0, 1] while min_prob is set (mined rows only)
       min_coverage               identifier coverage under min_coverage
       duplicate                  (instruction, output) pair already kept
 
@@ -28,6 +32,7 @@ not the strings, nor a Python set of ints (~100 bytes per row with its table).
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +43,7 @@ from data.coverage import Histogram, coverage
 DECONTAMINATION = ("contaminated_question_id", "contaminated_snippet")
 QUALITY = (
     "translate_error",
+    "empty_output",
     "empty_instruction",
     "degenerate_repetition",
     "length",
@@ -46,6 +52,7 @@ QUALITY = (
     "duplicate",
 )
 REASONS = DECONTAMINATION + QUALITY
+MAX_WORD_CHARS = 30  # a "word" longer than this is a run-on token, not prose
 
 
 def normalize_snippet(snippet: str | None) -> str:
@@ -54,10 +61,22 @@ def normalize_snippet(snippet: str | None) -> str:
 
 
 def hash64(*parts: str) -> int:
-    """64-bit blake2b of the parts, NUL-separated (NUL cannot occur inside the parts
-    in a way that makes two different tuples collide: it is the separator)."""
-    digest = hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogatepass"), digest_size=8)
+    """64-bit blake2b of the parts, each prefixed by its length, so no two different
+    tuples encode alike (a separator character could occur inside a part)."""
+    encoded = "".join(f"{len(part)}:{part}" for part in parts)
+    digest = hashlib.blake2b(encoded.encode("utf-8", "surrogatepass"), digest_size=8)
     return int.from_bytes(digest.digest(), "little")
+
+
+def visible(text: str) -> str:
+    """The text without whitespace, control, format (zero-width, bidi) or unassigned
+    characters: what a reader would actually see."""
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] not in "CZ")
+
+
+def usable_prob(prob) -> float | None:
+    """A mining confidence, or None when it is missing or not a probability (NaN, inf)."""
+    return prob if prob is not None and 0.0 <= prob <= 1.0 else None
 
 
 class Decontaminator:
@@ -89,7 +108,7 @@ def repeated_ngram(text: str, max_n: int, repeats: int) -> bool:
     list of list of"); ordinary prose rarely repeats even one word three times in a row.
     """
     words = text.split()
-    for n in range(1, max_n + 1):
+    for n in range(1, min(max_n, len(words) // max(repeats, 1)) + 1):
         for i in range(len(words) - n * repeats + 1):
             gram = words[i : i + n]
             if all(words[i + k * n : i + (k + 1) * n] == gram for k in range(1, repeats)):
@@ -186,7 +205,7 @@ class RowFilter:
         self, source, question_id, snippet, instruction, error, prob
     ) -> tuple[bool, float | None]:
         self.funnel.input[source] += 1
-        reason, score = self._reason(question_id, snippet, instruction, error, prob)
+        reason, score = self._reason(source, question_id, snippet, instruction, error, prob)
         if reason is not None:
             self.funnel.dropped[reason] += 1
             return False, score
@@ -196,25 +215,31 @@ class RowFilter:
             self.funnel.coverage_mined.add(score)
         return True, score
 
-    def _reason(self, question_id, snippet, instruction, error, prob):
+    def _reason(self, source, question_id, snippet, instruction, error, prob):
         s = self.settings
         reason = self.decontaminator.reason(question_id, snippet)
         if reason:
             return reason, None
         if error is not None:
             return "translate_error", None
-        if instruction is None or not instruction.strip():
+        if snippet is None or not snippet.strip():
+            return "empty_output", None
+        if instruction is None or not visible(instruction):
             return "empty_instruction", None
         if s.repetition_ngram and repeated_ngram(
             instruction, s.repetition_ngram, s.repetition_repeats
         ):
             return "degenerate_repetition", None
         words = len(instruction.split())
-        if words < s.min_words or (s.max_words is not None and words > s.max_words):
+        if words < s.min_words or (
+            s.max_words and (words > s.max_words or len(instruction) > s.max_words * MAX_WORD_CHARS)
+        ):
             return "length", None
-        if prob is not None:
-            self.funnel.prob.add(prob)
-            if s.min_prob is not None and prob < s.min_prob:
+        if source == "mined":
+            prob = usable_prob(prob)
+            if prob is not None:
+                self.funnel.prob.add(prob)
+            if s.min_prob is not None and (prob is None or prob < s.min_prob):
                 return "min_prob", None
         score = coverage(snippet, instruction)
         # A row whose snippet has no identifiers (score None) cannot be judged: kept.

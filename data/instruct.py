@@ -162,12 +162,23 @@ def main(argv: list[str] | None = None) -> dict:
     translations = open_translations(args.translations, args.allow_incomplete)
     curated_train = load_curated(args.curated_train, split="train")
     decontaminator = Decontaminator.from_table(load_curated(args.curated_test, split="test"))
+    if not decontaminator.question_ids and not decontaminator.snippets:
+        raise UserError(
+            f"--curated_test {args.curated_test}: no row with a question_id or snippet, so "
+            "decontamination would remove nothing; give the curated test split"
+        )
     staging = output.parent / f".{output.name}.staging-{os.getpid()}"
     try:
         row_filter, samples, shards = build(
             args, translations, curated_train, decontaminator, staging
         )
         stats = describe(args, argv, translations, curated_train, row_filter, samples, shards)
+        if stats["rows"] == 0:
+            raise UserError(
+                "no row passed the filters, so there is no dataset to write (funnel: "
+                + ", ".join(f"{k} -{v}" for k, v in stats["funnel"]["dropped"].items() if v)
+                + "); loosen the filters or check the translations"
+            )
         write_outputs(staging, stats)
         publish(staging, output)
     except BaseException:

@@ -74,11 +74,17 @@ def _download(subset: str, split: str) -> Path:
         raise ValueError(f"{HUB_DATASET} has no {subset}/{split} split")
     from huggingface_hub import hf_hub_download
 
-    return Path(
-        hf_hub_download(
-            HUB_DATASET, HUB_FILES[subset, split], repo_type="dataset", revision=HUB_REVISION
+    try:
+        return Path(
+            hf_hub_download(
+                HUB_DATASET, HUB_FILES[subset, split], repo_type="dataset", revision=HUB_REVISION
+            )
         )
-    )
+    except Exception as err:  # offline, no cache, a proxy: the hub client raises many types
+        raise FileNotFoundError(
+            f"{HUB_DATASET} ({subset}/{split}): not in the local cache and not downloadable "
+            f"({type(err).__name__}); pass a local .json/.jsonl/.parquet file instead"
+        ) from err
 
 
 def load_curated(source: str, *, split: str = "train") -> pa.Table:

@@ -42,24 +42,12 @@ def open_translations(directories: list[str], allow_incomplete: bool) -> Transla
     """Check each directory's manifest, refuse mixed or unfinished runs, list the shards."""
     manifests, files, rows, warnings = {}, [], 0, []
     for directory in directories:
-        path = Path(directory)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--translations {directory}: directory not found")
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise UserError(
-                f"--translations {directory}: not a translations directory (no manifest.json); "
-                "give the --output_dir of `python -m serve.translate`"
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{manifest_path}: not valid JSON ({err.msg})") from err
-        if "params" not in manifest:
-            raise UserError(f"{manifest_path}: has no params; not written by serve.translate")
+        if any(Path(directory).resolve() == Path(seen).resolve() for seen in manifests):
+            raise UserError(f"--translations {directory} is given twice")
+        manifest = read_manifest(directory)
         check_run_ids(directory, manifest)
-        shards = sorted(path.glob("part-*.parquet"))
-        present = sum(pq.ParquetFile(f).metadata.num_rows for f in shards)
+        shards = listed_shards(directory, manifest)
+        present = sum(shard_rows(f) for f in shards)
         if not manifest.get("complete") or "num_shards" not in manifest:
             message = incomplete_message(directory, manifest, shards, present)
             if not allow_incomplete:
@@ -76,6 +64,68 @@ def open_translations(directories: list[str], allow_incomplete: bool) -> Transla
     for other in others:
         check_same_params(first, manifests[first]["params"], other, manifests[other]["params"])
     return Translations(manifests[first]["params"], manifests, files, rows, warnings)
+
+
+def read_manifest(directory: str) -> dict:
+    path = Path(directory)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--translations {directory}: directory not found")
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(
+            f"--translations {directory}: not a translations directory (no manifest.json); "
+            "give the --output_dir of `python -m serve.translate`"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
+    shapes = {"params": dict, "shards": dict, "rows_per_shard": int}
+    if not isinstance(manifest, dict) or any(
+        not isinstance(manifest.get(k), kind) for k, kind in shapes.items()
+    ):
+        raise UserError(f"{manifest_path}: not a serve.translate manifest (params, shards, ...)")
+    if not isinstance(manifest.get("num_shards", 0), int):
+        raise UserError(f"{manifest_path}: num_shards is not an integer")
+    return manifest
+
+
+def listed_shards(directory: str, manifest: dict) -> list[Path]:
+    """The part files, checked against the manifest: a complete run must have every shard
+    it lists, each with its recorded row count; a part file the run never wrote is refused."""
+    path = Path(directory)
+    found = {int(f.name[5:-8]): f for f in path.glob("part-*.parquet") if f.name[5:-8].isdigit()}
+    count = manifest.get("num_shards") if manifest.get("complete") else None
+    expected = set(range(count)) if isinstance(count, int) else set(found)
+    stray = sorted(set(found) - expected)
+    if stray:
+        raise UserError(
+            f"--translations {directory}: {found[stray[0]].name} is not a shard of this run "
+            f"(the manifest has {count} shards); remove it"
+        )
+    missing = sorted(expected - set(found))
+    if missing:
+        raise UserError(
+            f"--translations {directory}: the manifest says the run is complete but "
+            f"{len(missing)} shard(s) are missing, e.g. part-{missing[0]:05d}.parquet; "
+            "rerun the same serve.translate command to write them again"
+        )
+    for index in sorted(found):
+        entry = manifest["shards"].get(str(index))
+        recorded = entry.get("rows") if isinstance(entry, dict) else None
+        if recorded is not None and shard_rows(found[index]) != recorded:
+            raise UserError(
+                f"--translations {found[index]}: {shard_rows(found[index])} rows, the manifest "
+                f"recorded {recorded}; the file was changed after the run wrote it"
+            )
+    return [found[i] for i in sorted(found)]
+
+
+def shard_rows(path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UserError(f"--translations {path}: not a readable Parquet file ({err})") from None
 
 
 def check_run_ids(directory: str, manifest: dict) -> None:
