@@ -73,6 +73,9 @@ def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults)
     if config_path:
         values = load_config(config_path, classes)
         parser.set_defaults(**{k: _typed(parser, config_path, k, v) for k, v in values.items()})
+        for action in parser._actions:  # a value from the file satisfies a required flag
+            if action.dest in values:
+                action.required = False
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from common.cli import UserError
 from common.dist import cores_per_local_rank, local_device
+from common.model_files import check_model_files
 from data.prompts import SourceTemplate
 from data.schema import OUTPUT_SCHEMA
 from serve.engines import create_engine, engine_class, select_engine
 from serve.engines.base import Engine, GenerationOptions
 from serve.identity import model_fingerprint
-from serve.model_files import check_model_files
 from serve.planner import generate_rows
 from serve.shards import InputScan, iter_shards, scan
 from serve.sink import ShardSink

@@ -7,6 +7,7 @@ its documented command runs unchanged.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,8 @@ class LoraArguments:
     def __post_init__(self):
         if self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1, got {self.lora_r}")
+        if not self.lora_alpha > 0:  # also NaN
+            raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.targets:
@@ -142,6 +145,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                 self.deepspeed = str(REPO / self.deepspeed)
             elif not self.deepspeed.lstrip().startswith("{"):
                 raise FileNotFoundError(f"--deepspeed {self.deepspeed}: file not found")
+        if isinstance(self.deepspeed, str) and Path(self.deepspeed).is_file():
+            check_deepspeed_config(self.deepspeed)
         super().__post_init__()
 
     def check_values(self) -> None:
@@ -157,6 +162,10 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"--max_steps must be >= 1 (or -1: epochs), got {self.max_steps}")
+        for name in ("save_steps", "logging_steps", "eval_steps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name} must be > 0, got {value}")
         if not self.max_grad_norm >= 0:  # also NaN
             raise ValueError(f"--max_grad_norm must be >= 0, got {self.max_grad_norm}")
         if Path(self.output_dir).is_file():
@@ -165,6 +174,15 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             if not self.hub_model_id:
                 raise ValueError("--push_to_hub needs --hub_model_id owner/name")
             check_login("--push_to_hub", self.hub_model_id)
+
+
+def check_deepspeed_config(path: str) -> None:
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"--deepspeed {path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--deepspeed {path}: expected a DeepSpeed config (a JSON object)")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)

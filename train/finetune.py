@@ -40,7 +40,8 @@ from transformers.integrations.deepspeed import (
     unset_hf_deepspeed_config,
 )
 
-from common.cli import run
+from common.cli import UserError, run
+from common.model_files import check_model_files
 from data.loaders import HUB_DATASET, load_curated, resolve
 from data.prompts import SourceTemplate, make_pairs
 from train import args as arguments
@@ -63,11 +64,17 @@ def main(argv: list[str] | None = None) -> None:
     check_inputs(model_args, data_args)
     setup_logging(training_args)
     checkpoint = resolve_checkpoint(training_args)
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.revision,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except OSError as err:  # a hub id while offline, a gated or missing repo
+        raise UserError(
+            f"--model_name_or_path {model_args.model_name_or_path}: cannot load its config "
+            f"({' '.join(str(err).split())[:300]})"
+        ) from err
     check_precision(config, training_args)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
@@ -101,6 +108,7 @@ def check_inputs(model_args, data_args) -> None:
     model = model_args.model_name_or_path
     if not Path(model).exists() and (model.startswith((".", "/")) or model.count("/") != 1):
         raise FileNotFoundError(f"--model_name_or_path {model}: not found (and not a hub id)")
+    check_model_files(model, "--model_name_or_path")
 
 
 def single_process_world() -> None:

@@ -52,6 +52,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from common.cli import UserError, arg, parse_with_config, refuse_overlap, run
 from common.hub import check_repo_id, push_folder
+from common.model_files import check_model_files
 from data.prompts import SourceTemplate
 from serve.engines.hf import DTYPES
 from train.adapter import ADAPTER_WEIGHTS, check_adapter
@@ -86,6 +87,7 @@ class MergeArguments:
         "After saving locally, upload to this Hub repo (NAMESPACE/NAME, a namespace "
         "you can write to; created private if missing). Needs `hf auth login` or HF_TOKEN.",
     )
+    config: str | None = arg(None, "YAML file of these flags; command-line flags override it.")
     overwrite: bool = arg(
         False, "Replace a non-empty --output (only once the new merge is complete)."
     )
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             "(base_model_name_or_path); pass --base"
         )
     check_output(args, base)
+    check_model_files(base, "--base", tokenizer=not adapter_tokenizer(adapter))
     config = check_compatibility(base, adapter, args.trust_remote_code)
     warn_if_push_will_fail(args.push_to_hub)
     model, tokenizer = load_adapter_model(base, adapter, config, args)
@@ -161,6 +164,12 @@ def check_output(args: MergeArguments, base: str) -> None:
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {args.output} is a file; choose a directory path")
     refuse_overlap("--output", args.output, {"--adapter": [args.adapter], "--base": [base]})
+    try:  # found now, not after the merge: an output that cannot be written
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {args.output}: cannot create it ({err.strerror})") from None
+    if not os.access(output.parent, os.W_OK):
+        raise UserError(f"--output {args.output}: {output.parent} is not writable")
     if output.is_dir() and any(output.iterdir()) and not args.overwrite:
         raise ValueError(
             f"--output {args.output} exists and is not empty; pass --overwrite to replace it "
@@ -229,6 +238,7 @@ def check_compatibility(base: str, adapter: Adapter, trust_remote_code: bool):
         if expected is not None and actual != expected:
             feature = "in_features" if side == "A" else "out_features"
             problems.append(f"{name}: lora_{side} fits {feature}={actual}, base has {expected}")
+    check_rank(adapter, lora)
     if problems:
         raise ValueError(
             f"--base {base} ({config.model_type}) does not match the adapter: "
@@ -236,6 +246,22 @@ def check_compatibility(base: str, adapter: Adapter, trust_remote_code: bool):
             f"{'; '.join(problems[:3])}. {fix}"
         )
     return config
+
+
+def check_rank(adapter: Adapter, lora: dict[str, list[int]]) -> None:
+    """The rank adapter_config.json records must be the weights' rank (PEFT would fail
+    with a size mismatch deep in loading); per-module rank patterns are left to PEFT."""
+    rank = adapter.config.get("r")
+    if adapter.config.get("rank_pattern") or not isinstance(rank, int):
+        return
+    for key, shape in lora.items():
+        side = LORA_KEY.match(key).group("side")
+        actual = shape[0] if side == "A" else shape[1]
+        if actual != rank:
+            raise UserError(
+                f"--adapter {adapter.path}: adapter_config.json says r={rank} but {key} has "
+                f"rank {actual}; the config does not belong to these weights"
+            )
 
 
 def layer_features(module) -> tuple[int | None, int | None]:
@@ -270,6 +296,11 @@ def warn_if_push_will_fail(repo_id: str | None) -> None:
         )
 
 
+def adapter_tokenizer(adapter: Adapter) -> bool:
+    """Training saves the tokenizer with the adapter; the merge then takes that one."""
+    return (adapter.path / "tokenizer_config.json").is_file()
+
+
 def load_adapter_model(base: str, adapter: Adapter, config, args: MergeArguments):
     """Base on CPU in the merge dtype, wrapped with the adapter; plus the tokenizer."""
     # An HfDeepSpeedConfig left alive in this process (e.g. by training code) would make
@@ -285,9 +316,9 @@ def load_adapter_model(base: str, adapter: Adapter, config, args: MergeArguments
         trust_remote_code=args.trust_remote_code,
     )
     model = PeftModel.from_pretrained(model, str(adapter.path), low_cpu_mem_usage=True).eval()
-    has_tokenizer = (adapter.path / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(
-        str(adapter.path) if has_tokenizer else base, trust_remote_code=args.trust_remote_code
+        str(adapter.path) if adapter_tokenizer(adapter) else base,
+        trust_remote_code=args.trust_remote_code,
     )
     return model, tokenizer
 

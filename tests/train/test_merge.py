@@ -278,3 +278,39 @@ def test_push_without_login_keeps_the_local_merge(tmp_path, trained_llama):
     assert "not logged in" in proc.stderr and "hf auth login" in proc.stderr
     assert "HF_TOKEN" in proc.stderr
     assert json.loads((output / "merge_report.json").read_text())["verification"]["passed"]
+
+
+def test_output_on_the_recorded_base_is_refused(capsys, tmp_path, trained_llama, tiny_models):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["llama"], base)
+    adapter = copy_adapter(trained_llama, tmp_path)
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    before = (base / "model.safetensors").read_bytes()
+    code, err = merge_cli(capsys, adapter=adapter, output=base, overwrite=True)
+    assert code == 2 and "holds the input --base" in err, err
+    assert (base / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [({"r": 3}, "r=3"), (None, "expected a JSON object"),
+     ({"base_model_name_or_path": None}, "records no base model")],
+)  # fmt: skip
+def test_a_wrong_adapter_config_is_one_line(capsys, tmp_path, trained_llama, change, named):
+    adapter = copy_adapter(trained_llama, tmp_path)
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps([] if change is None else {**config, **change}))
+    code, err = merge_cli(capsys, adapter=adapter, output=tmp_path / "out")
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_required_flags_can_come_from_the_yaml(capsys, tmp_path, trained_llama):
+    config = tmp_path / "merge.yaml"
+    config.write_text(f"adapter: {trained_llama / 'adapter'}\noutput: {tmp_path / 'out'}\n")
+    code, err = merge_cli(capsys, config=config, dtype="float32")
+    assert code == 0, err
+    assert (tmp_path / "out" / "config.json").is_file()

@@ -28,27 +28,29 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 INDEX = "model.safetensors.index.json"
 
 
-def check_model_files(model: str) -> None:
+def check_model_files(model: str, flag: str = "--model", *, tokenizer: bool = True) -> None:
+    """Refuse (one line naming `flag`) a local model directory an engine cannot load.
+    `tokenizer=False` when the tokenizer comes from elsewhere (a merge's adapter)."""
     path = Path(model)
     if not path.is_dir():
         return
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(
-            f"--model {path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            f"{flag} {path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
             "save the tokenizer with the weights (train.merge does)"
         )
     weights = sorted(p for p in path.glob("*.safetensors") if p.name != ADAPTER_WEIGHTS)
     if not weights:
-        raise UserError(f"--model {path}: no *.safetensors weights{_why_none(path)}")
-    for name in _indexed_shards(path):
+        raise UserError(f"{flag} {path}: no *.safetensors weights{_why_none(path)}")
+    for name in _indexed_shards(path, flag):
         if not (path / name).is_file():
-            raise UserError(f"--model {path}: {INDEX} names {name}, which is missing")
+            raise UserError(f"{flag} {path}: {INDEX} names {name}, which is missing")
     for file in weights:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 handle.keys()
         except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"--model {file}: not a readable safetensors file ({err})") from None
+            raise UserError(f"{flag} {file}: not a readable safetensors file ({err})") from None
 
 
 def _why_none(path: Path) -> str:
@@ -66,11 +68,11 @@ def _why_none(path: Path) -> str:
     return ""
 
 
-def _indexed_shards(path: Path) -> set[str]:
+def _indexed_shards(path: Path, flag: str) -> set[str]:
     index = path / INDEX
     if not index.is_file():
         return set()
     try:
         return set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"--model {index}: not a safetensors index ({err!r})") from None
+        raise UserError(f"{flag} {index}: not a safetensors index ({err!r})") from None
