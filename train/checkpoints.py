@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -58,3 +59,27 @@ def last_complete_checkpoint(output: Path) -> str | None:
 def _step(path: Path) -> int:
     suffix = path.name.rsplit("-", 1)[-1]
     return int(suffix) if suffix.isdigit() else -1
+
+
+def check_resume_matches(checkpoint: str | None, model_args, lora_args) -> None:
+    """Refuse to resume a checkpoint trained on another base or with other LoRA shapes:
+    PEFT would fail deep in loading with a size mismatch, or (same shapes) silently
+    continue someone else's run."""
+    if checkpoint is None or not (Path(checkpoint) / "adapter_config.json").is_file():
+        return
+    try:
+        saved = json.loads((Path(checkpoint) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{checkpoint}/adapter_config.json: not valid JSON ({err})") from None
+    now = {"base_model_name_or_path": model_args.model_name_or_path, "r": lora_args.lora_r,
+           "lora_alpha": lora_args.lora_alpha}  # fmt: skip
+    if lora_args.targets != "all-linear":  # PEFT saves all-linear resolved to names
+        now["target_modules"] = sorted(lora_args.targets)
+        saved["target_modules"] = sorted(saved.get("target_modules") or [])
+    differ = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in now.items()
+              if saved.get(key) != value]  # fmt: skip
+    if differ:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} was trained with other settings "
+            f"({'; '.join(differ)}); resume with the same ones or start a new --output_dir"
+        )

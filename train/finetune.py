@@ -46,7 +46,7 @@ from data.loaders import HUB_DATASET, load_curated, resolve
 from data.prompts import SourceTemplate, make_pairs
 from train import args as arguments
 from train.adapter import check_adapter
-from train.checkpoints import resolve_checkpoint
+from train.checkpoints import check_resume_matches, resolve_checkpoint
 from train.evaluate import evaluate_adapter
 from train.features import CountingCollator, tokenize
 from train.reports import eval_loss_curve, write_reports
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     check_inputs(model_args, data_args)
     setup_logging(training_args)
     checkpoint = resolve_checkpoint(training_args)
+    check_resume_matches(checkpoint, model_args, lora_args)
     try:
         config = AutoConfig.from_pretrained(
             model_args.model_name_or_path,

@@ -290,16 +290,19 @@ def test_inspect_escapes_control_characters(tiny_models, tmp_path):
 
 def test_plain_python_launch_trains_as_one_rank(tiny_models, fixture_dir, tmp_path):
     out = tmp_path / "run"
-    run(
-        [sys.executable, "-m", "train.finetune", "--config", "train/configs/tiny.yaml",
-         "--model_name_or_path", tiny_models["t5"],
-         "--train_file", fixture_dir / "conala-train.json",
-         "--validation_file", fixture_dir / "conala-test.json", "--output_dir", out,
-         "--max_steps", "2", "--generation_eval", "false"],
-        timeout=900,
-    )  # fmt: skip
+    args = [sys.executable, "-m", "train.finetune", "--config", "train/configs/tiny.yaml",
+            "--model_name_or_path", tiny_models["t5"],
+            "--train_file", fixture_dir / "conala-train.json",
+            "--validation_file", fixture_dir / "conala-test.json", "--output_dir", out,
+            "--max_steps", "2", "--save_steps", "2", "--generation_eval", "false"]  # fmt: skip
+    run(args, timeout=900)
     assert json.loads((out / "train_summary.json").read_text())["world_size"] == 1
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # Resuming with another LoRA shape is refused before the model loads.
+    line = one_error_line(
+        run([*args, "--resume_from_checkpoint", "auto", "--lora_r", "4"], check=False)
+    )
+    assert "was trained with other settings (r: 16 -> 4)" in line
 
 
 def test_auto_falls_back_to_hf_when_ctranslate2_cannot_load(tiny_models, tmp_path):
