@@ -132,6 +132,19 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def read_json(path: str | Path, flag: str = "", *, kind: type = dict):
+    """A JSON file that must hold a `kind` (an object by default), or one line naming it."""
+    where = f"{flag} {path}".strip()
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(value, kind):
+        expected = "object" if kind is dict else kind.__name__
+        raise UserError(f"{where}: expected a JSON {expected}, got {type(value).__name__}")
+    return value
+
+
 def refuse_overlap(flag: str, output: str | Path, inputs: dict[str, list]) -> None:
     """Refuse an output that is, or holds, one of the inputs (`{flag: [paths]}`): writing
     (or replacing, with --overwrite) it would destroy what the run reads."""

@@ -14,12 +14,11 @@ A hub id (no such local directory) is left to the engines, which load safetensor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from common.cli import UserError
+from common.cli import UserError, read_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json",
                    "sentencepiece.bpe.model", "vocab.txt")  # fmt: skip
@@ -72,7 +71,7 @@ def _indexed_shards(path: Path, flag: str) -> set[str]:
     index = path / INDEX
     if not index.is_file():
         return set()
-    try:
-        return set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{flag} {index}: not a safetensors index ({err!r})") from None
+    weight_map = read_json(index, flag).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise UserError(f"{flag} {index}: not a safetensors index (no weight_map object)")
+    return set(map(str, weight_map.values()))

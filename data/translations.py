@@ -11,7 +11,6 @@ whose instructions were made with different parameters.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.cli import UserError
+from common.cli import UserError, read_json
 from data.schema import OUTPUT_SCHEMA, conform
 
 logger = logging.getLogger("data.translations")
@@ -76,14 +75,9 @@ def read_manifest(directory: str) -> dict:
             f"--translations {directory}: not a translations directory (no manifest.json); "
             "give the --output_dir of `python -m serve.translate`"
         )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
+    manifest = read_json(manifest_path, "--translations")
     shapes = {"params": dict, "shards": dict, "rows_per_shard": int}
-    if not isinstance(manifest, dict) or any(
-        not isinstance(manifest.get(k), kind) for k, kind in shapes.items()
-    ):
+    if any(not isinstance(manifest.get(k), kind) for k, kind in shapes.items()):
         raise UserError(f"{manifest_path}: not a serve.translate manifest (params, shards, ...)")
     if not isinstance(manifest.get("num_shards", 0), int):
         raise UserError(f"{manifest_path}: num_shards is not an integer")

@@ -50,7 +50,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.cli import UserError
+from common.cli import UserError, read_json
 from data.schema import conform
 
 FORMAT_VERSION = 1
@@ -311,7 +311,7 @@ class ShardSink:
     def _read_manifest(self) -> dict | None:
         try:
             return load_manifest(self.dir)
-        except ValueError as err:
+        except (ValueError, UserError) as err:
             raise ResumeMismatch(f"{err}; pass --overwrite to start over") from None
 
     def _write_manifest(self, manifest: dict) -> None:
@@ -352,12 +352,7 @@ def load_manifest(output_dir: str | os.PathLike) -> dict | None:
     path = Path(output_dir) / MANIFEST
     if not path.exists():
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is not a translate manifest (a JSON {type(manifest).__name__})")
+    manifest = read_json(path)
     for key, kind in _MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
             raise ValueError(

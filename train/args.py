@@ -7,14 +7,13 @@ its documented command runs unchanged.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import Seq2SeqTrainingArguments
 
-from common.cli import arg, parse_with_config
+from common.cli import arg, parse_with_config, read_json
 from common.hub import check_login
 from serve.engines.base import GenerationOptions
 
@@ -177,12 +176,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
 
 
 def check_deepspeed_config(path: str) -> None:
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"--deepspeed {path}: not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"--deepspeed {path}: expected a DeepSpeed config (a JSON object)")
+    read_json(path, "--deepspeed")  # a DeepSpeed config is a JSON object
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)

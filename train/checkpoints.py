@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from common.cli import read_json
 
 logger = logging.getLogger("train.finetune")
 
@@ -67,10 +68,7 @@ def check_resume_matches(checkpoint: str | None, model_args, lora_args) -> None:
     continue someone else's run."""
     if checkpoint is None or not (Path(checkpoint) / "adapter_config.json").is_file():
         return
-    try:
-        saved = json.loads((Path(checkpoint) / "adapter_config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{checkpoint}/adapter_config.json: not valid JSON ({err})") from None
+    saved = read_json(Path(checkpoint) / "adapter_config.json", "--resume_from_checkpoint")
     now = {"base_model_name_or_path": model_args.model_name_or_path, "r": lora_args.lora_r,
            "lora_alpha": lora_args.lora_alpha}  # fmt: skip
     if lora_args.targets != "all-linear":  # PEFT saves all-linear resolved to names

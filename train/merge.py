@@ -50,7 +50,7 @@ from transformers import (
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.utils.hub import convert_file_size_to_int
 
-from common.cli import UserError, arg, parse_with_config, refuse_overlap, run
+from common.cli import UserError, arg, parse_with_config, read_json, refuse_overlap, run
 from common.hub import check_repo_id, push_folder
 from common.model_files import check_model_files
 from data.prompts import SourceTemplate
@@ -184,12 +184,7 @@ def inspect_adapter(directory: str) -> Adapter:
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
         raise ValueError(f"--adapter {directory}: no adapter_config.json; is this a PEFT adapter?")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"--adapter {config_file}: not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"--adapter {config_file}: expected a JSON object")
+    config = read_json(config_file, "--adapter")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"--adapter {directory}: peft_type {config.get('peft_type')}, not LORA")
     template = SourceTemplate.load(path)
