@@ -30,9 +30,11 @@ INT8_ROWS = 200
 BEAM_ROWS = 200
 BEAMS = 4
 MIN_BEAM_AGREEMENT = 0.97
-# Measured 80.5%, 79.0% and 69.5% of 200 rows on three trainings of the demo's T5 (the
-# CPU training is not bit-reproducible); much lower means int8 or the measurement broke.
-MIN_INT8_AGREEMENT = 0.60
+# Exact greedy agreement depends on the CPU's int8 kernels: 80.5%, 79.0% and 69.5% of 200
+# rows on an Intel Xeon (AVX-512), 25.0%, 29.0% and 34.5% on an AMD EPYC without AVX-512
+# (three trainings each; the CPU training is not bit-reproducible). Broken int8 (empty or
+# unrelated outputs) sits near 0%, which is what this bound catches.
+MIN_INT8_AGREEMENT = 0.15
 
 
 def _measure_module():
