@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     ]  # fmt: skip
     print(f"[bench.scale] {args.rows} rows: {' '.join(map(str, command))}", flush=True)
     samples, shard_done, summary, wall = run_sampled(command, out, workdir / "translate.log")
-    report = {"machine": info, "rows": args.rows, "command": " ".join(map(str, command)),
+    report = {"machine": info, "rows": args.rows, "command": " ".join(map(portable, command)),
               "wall_seconds": round(wall, 1), "summary": summary,
               **analyse(out, mined, samples, shard_done), "samples": samples}  # fmt: skip
+    summary["output_dir"] = portable(summary["output_dir"])
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.out, report)
     plot(report, args.out.with_suffix(".png"))
@@ -63,6 +64,15 @@ def main(argv: list[str] | None = None) -> dict:
     if failed:
         sys.exit(1)
     return report
+
+
+def portable(value) -> str:
+    """A command word as the committed results record it: paths relative to the repo and
+    `python` for this venv's interpreter, so the file names no machine's directories."""
+    text = str(value)
+    if text == sys.executable:
+        return "python"
+    return os.path.relpath(text, REPO) if os.path.isabs(text) else text
 
 
 def run_sampled(command: list, out: Path, log: Path):

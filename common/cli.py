@@ -10,21 +10,52 @@ dataclass field defaults (the one home of every default).
 
 A user mistake (a bad flag value, a missing or malformed file, a refused resume)
 ends the process with exit code 2 and one line on stderr that names the flag or
-file. A traceback means a bug; `--debug` or CONALA_DEBUG=1 shows it for any error.
+file; so does any operating-system error (a name too long, a symlink loop, a full
+disk), naming the path. A traceback means a bug; `--debug` or CONALA_DEBUG=1 shows
+it for any error. Ctrl-C at any moment, the slow imports included, is one line
+`PROG: interrupted` and exit code 130: an entry point imports this module before
+anything heavy, and this module imports nothing heavy.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+# ruff: noqa: E402 (the Ctrl-C guard below must come before the slower imports)
+import _signal  # the C module: `signal` itself imports enum (~30 ms)
 import os
 import sys
+
+EXIT_INTERRUPTED = 130
+ENTRY_PACKAGES = ("data", "serve", "train")
+
+
+def _interrupted_while_importing(signum, frame):
+    # Nothing has been written yet, so there is nothing to clean up: exit at once.
+    print(f"{sys.modules['__main__'].__spec__.name}: interrupted", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _guard_imports() -> None:
+    """Until `run` starts, Ctrl-C in `python -m <entry point>` is one line, not the
+    traceback of whichever import it lands in (torch and transformers take seconds)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None) or ""
+    if name.split(".")[0] in ENTRY_PACKAGES and _signal.getsignal(_signal.SIGINT) is (
+        _signal.default_int_handler
+    ):
+        _signal.signal(_signal.SIGINT, _interrupted_while_importing)
+
+
+_guard_imports()  # argparse, dataclasses and yaml alone take ~0.1 s
+
+import argparse
+import functools
+import json
+import signal
 from collections.abc import Callable
 from dataclasses import MISSING, field, fields
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
 
 DEBUG_ENV = "CONALA_DEBUG"
 EXIT_USER_ERROR = 2
@@ -35,16 +66,10 @@ class UserError(Exception):
 
 
 # ValueError covers the dataclass `__post_init__` refusals, SchemaError, ResumeMismatch,
-# JSONDecodeError, UnicodeDecodeError and pyarrow's ArrowInvalid.
-USER_ERRORS = (
-    UserError,
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-    yaml.YAMLError,
-)
+# JSONDecodeError, UnicodeDecodeError and pyarrow's ArrowInvalid. OSError is every
+# refusal of the operating system (missing, too long, looping, unwritable, full), all
+# of them about a path the user gave or a disk the user chose.
+USER_ERRORS = (UserError, ValueError, OSError, yaml.YAMLError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,8 +79,12 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
-class _HfParser(HfArgumentParser, Parser):
-    pass
+@functools.cache
+def _hf_parser_class() -> type:
+    # transformers imports torch (seconds): only the entry points that parse with it pay.
+    from transformers import HfArgumentParser
+
+    return type("_HfParser", (HfArgumentParser, Parser), {})
 
 
 def arg(default=MISSING, help: str = "", **metadata):
@@ -67,7 +96,7 @@ def arg(default=MISSING, help: str = "", **metadata):
 def parse_with_config(classes: tuple, argv: list[str] | None = None, **defaults) -> tuple:
     """Parse `classes` from `--config FILE.yaml` plus flags; refuses unknown YAML keys."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _HfParser(classes)
+    parser = _hf_parser_class()(classes)
     parser.set_defaults(**defaults)
     config_path = _config_path(argv)
     if config_path:
@@ -124,12 +153,16 @@ def _typed(parser: argparse.ArgumentParser, path: str, key: str, value):
 
 
 def _config_path(argv: list[str]) -> str | None:
+    """The one `--config` file; given twice, which one wins would be a guess: refused."""
+    paths = []
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    if len(paths) > 1:
+        raise UserError(f"--config given {len(paths)} times ({', '.join(paths)}); give one file")
+    return paths[0] if paths else None
 
 
 def read_json(path: str | Path, flag: str = "", *, kind: type = dict):
@@ -186,6 +219,8 @@ def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None =
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
+    # From here a Ctrl-C unwinds as KeyboardInterrupt, so `finally` blocks clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = main(argv)
     except USER_ERRORS as err:
@@ -195,7 +230,7 @@ def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None =
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     if isinstance(result, dict | list):
         print(json.dumps(result, indent=2))
     sys.exit(0)
@@ -204,6 +239,16 @@ def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None =
 def _first_line(err: BaseException) -> str:
     """The message on one line: some libraries put the useful part over several."""
     text = str(err) or type(err).__name__
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
-        text = f"{err.filename}: {text}"
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        # The errno form ("[Errno 36] File name too long: '...'") made readable: the path,
+        # shortened when a long name is the problem, then what the system said.
+        paths = [_short(p) for p in (err.filename, err.filename2) if p is not None]
+        text = f"{' -> '.join(paths)}: {err.strerror}"
     return " ".join(text.split())
+
+
+def _short(path, limit: int = 160) -> str:
+    text = os.fsdecode(path) if isinstance(path, bytes | os.PathLike) else str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}…{text[-limit // 2 :]} ({len(text)} characters)"

@@ -249,8 +249,7 @@ def _funnel(stats: dict) -> list[str]:
         "|---|---:|---:|",
         *(f"| {step} | {dropped:,} | {rows:,} |" for step, dropped, rows in stats["funnel_table"]),
         "",
-        "Decontamination (always on): a row is dropped if its `question_id` is a curated-test "
-        "question, or if its snippet, whitespace-collapsed, equals a curated-test snippet.",
+        *_decontamination(funnel["contamination"]),
         "",
         f"Settings: min_words={settings['min_words']}, max_words={settings['max_words']}, "
         f"repetition_ngram={settings['repetition_ngram']}, "
@@ -262,6 +261,19 @@ def _funnel(stats: dict) -> list[str]:
         f"{_num(prob['p50'])}, p75 {_num(prob['p75'])}, p95 {_num(prob['p95'])}.",
     ]
     return lines
+
+
+def _decontamination(caught: dict) -> list[str]:
+    return [
+        "Decontamination (always on): a row is dropped if its `question_id` is a curated-test "
+        "question, or if its snippet is a curated-test snippet as code: equal with whitespace "
+        "collapsed (`text`), or after Unicode NFKC and the removal of invisible format "
+        "characters (`unicode`), or as Python tokens without comments and layout (`tokens`; "
+        "a snippet that does not tokenize is compared as normalised text). Rows caught, by "
+        "the first rule that caught them: "
+        + ", ".join(f"{rule} {count:,}" for rule, count in caught.items())
+        + ".",
+    ]
 
 
 def _coverage(cov: dict) -> list[str]:

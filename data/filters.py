@@ -6,7 +6,8 @@ that counts it, so the funnel adds up: input = output + the sum of the drops.
 
     decontamination (never optional)
       contaminated_question_id   question_id is a curated-test question
-      contaminated_snippet       whitespace-collapsed snippet equals a curated-test one
+      contaminated_snippet       the snippet is a curated-test one as code: equal after
+                                 any of SNIPPET_RULES (see `snippet_keys`)
     quality
       translate_error            the engine reported an error for the row
       empty_output               null or blank snippet: the pair would have no output
@@ -32,6 +33,8 @@ not the strings, nor a Python set of ints (~100 bytes per row with its table).
 from __future__ import annotations
 
 import hashlib
+import io
+import tokenize
 import unicodedata
 from dataclasses import dataclass
 
@@ -41,6 +44,18 @@ import pyarrow as pa
 from data.coverage import Histogram, coverage
 
 DECONTAMINATION = ("contaminated_question_id", "contaminated_snippet")
+# How a snippet is compared with the curated-test ones, loosest last; the funnel counts
+# each contaminated row under the first rule that caught it.
+SNIPPET_RULES = ("text", "unicode", "tokens")
+CONTAMINATION = {
+    "question_id": "contaminated_question_id",
+    **dict.fromkeys(SNIPPET_RULES, "contaminated_snippet"),
+}
+# Tokens that carry no code: what a copy can add or drop without changing the program.
+LAYOUT_TOKENS = frozenset(
+    {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+     tokenize.ENDMARKER}
+)  # fmt: skip
 QUALITY = (
     "translate_error",
     "empty_output",
@@ -58,6 +73,37 @@ MAX_WORD_CHARS = 30  # a "word" longer than this is a run-on token, not prose
 def normalize_snippet(snippet: str | None) -> str:
     """Whitespace-collapsed snippet: indentation and line breaks do not hide a copy."""
     return " ".join((snippet or "").split())
+
+
+def unicode_normal(snippet: str) -> str:
+    """NFKC (how Python itself reads identifiers: fullwidth, ligatures, NFD accents) without
+    format characters (zero-width, bidi, soft hyphen: category Cf). Line breaks are kept."""
+    text = unicodedata.normalize("NFKC", snippet)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
+def code_tokens(snippet: str) -> list[str] | None:
+    """The Python token strings of `snippet` without comments, line breaks and indentation,
+    or None where it does not tokenize (or holds no code at all)."""
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(snippet).readline)
+        kept = [t.string for t in tokens if t.type not in LAYOUT_TOKENS and t.string.strip()]
+    except (tokenize.TokenError, SyntaxError):  # unclosed bracket or string, bad dedent
+        return None
+    return kept or None
+
+
+def snippet_keys(snippet: str):
+    """(rule, 64-bit key) for each of SNIPPET_RULES, computed lazily, loosest last:
+    text     whitespace collapsed (indentation and line breaks)
+    unicode  the same after `unicode_normal`
+    tokens   `code_tokens` of the unicode-normal text; where it does not tokenize,
+             the unicode key again (so a snippet that is not Python still matches)."""
+    yield "text", hash64(normalize_snippet(snippet))
+    normal = unicode_normal(snippet)
+    yield "unicode", hash64(normalize_snippet(normal))
+    tokens = code_tokens(normal)
+    yield "tokens", hash64("tokens", *tokens) if tokens else hash64(normalize_snippet(normal))
 
 
 def hash64(*parts: str) -> int:
@@ -80,11 +126,12 @@ def usable_prob(prob) -> float | None:
 
 
 class Decontaminator:
-    """Knows the curated-test question ids and normalized snippets (500 rows: tiny)."""
+    """Knows the curated-test question ids and each snippet's keys (500 rows: tiny)."""
 
     def __init__(self, question_ids, snippets):
         self.question_ids = frozenset(int(q) for q in question_ids if q is not None)
-        self.snippets = frozenset(hash64(normalize_snippet(s)) for s in snippets if s)
+        keys = [pair for s in snippets if s and visible(s) for pair in snippet_keys(s)]
+        self.snippets = {rule: frozenset(k for r, k in keys if r == rule) for rule in SNIPPET_RULES}
 
     @classmethod
     def from_table(cls, curated_test: pa.Table) -> Decontaminator:
@@ -93,11 +140,20 @@ class Decontaminator:
             curated_test.column("snippet").to_pylist(),
         )
 
+    def is_empty(self) -> bool:
+        return not self.question_ids and not self.snippets["text"]
+
     def reason(self, question_id: int | None, snippet: str | None) -> str | None:
+        return CONTAMINATION.get(self.rule(question_id, snippet))
+
+    def rule(self, question_id: int | None, snippet: str | None) -> str | None:
+        """What makes the row a curated-test row: `question_id`, a SNIPPET_RULES name, or None."""
         if question_id is not None and question_id in self.question_ids:
-            return "contaminated_question_id"
-        if snippet and hash64(normalize_snippet(snippet)) in self.snippets:
-            return "contaminated_snippet"
+            return "question_id"
+        if snippet and visible(snippet):
+            for rule, key in snippet_keys(snippet):
+                if key in self.snippets[rule]:
+                    return rule
         return None
 
 
@@ -165,6 +221,8 @@ class Funnel:
     def __init__(self):
         self.input = {"curated": 0, "mined": 0}
         self.dropped = dict.fromkeys(REASONS, 0)
+        # The decontamination drops again, by the rule that caught each row.
+        self.contamination = dict.fromkeys(("question_id", *SNIPPET_RULES), 0)
         self.output = {"curated": 0, "mined": 0}
         # prob of the mined rows reaching the min_prob step (whether or not it is set).
         self.prob = Histogram()
@@ -185,6 +243,7 @@ class Funnel:
         return {
             "input": dict(self.input),
             "dropped": dict(self.dropped),
+            "contamination": dict(self.contamination),
             "output": dict(self.output),
             "prob": self.prob.summary(),
             "coverage": self.coverage.summary(),
@@ -217,9 +276,10 @@ class RowFilter:
 
     def _reason(self, source, question_id, snippet, instruction, error, prob):
         s = self.settings
-        reason = self.decontaminator.reason(question_id, snippet)
-        if reason:
-            return reason, None
+        rule = self.decontaminator.rule(question_id, snippet)
+        if rule:
+            self.funnel.contamination[rule] += 1
+            return CONTAMINATION[rule], None
         if error is not None:
             return "translate_error", None
         if snippet is None or not snippet.strip():

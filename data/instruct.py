@@ -23,6 +23,8 @@ a crash leaves the old dataset or none, never half of one.
 
 from __future__ import annotations
 
+# Before the slow imports: it makes a Ctrl-C during them one line.
+from common.cli import UserError, arg, parse_with_config, refuse_overlap, run  # isort: skip
 import json
 import logging
 import os
@@ -37,7 +39,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.cli import UserError, arg, parse_with_config, refuse_overlap, run
 from common.hub import check_login, check_repo_id, push_folder
 from data.coverage import Histogram, curated_references
 from data.dataset_card import FIGURE, write_card, write_figure
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     translations = open_translations(args.translations, args.allow_incomplete)
     curated_train = load_curated(args.curated_train, split="train")
     decontaminator = Decontaminator.from_table(load_curated(args.curated_test, split="test"))
-    if not decontaminator.question_ids and not decontaminator.snippets:
+    if decontaminator.is_empty():
         raise UserError(
             f"--curated_test {args.curated_test}: no row with a question_id or snippet, so "
             "decontamination would remove nothing; give the curated test split"

@@ -8,9 +8,10 @@ Row-level isolation: in JSON and JSONL files every row is read on its own. A lin
 that is not UTF-8 or not JSON (or nested past Python's recursion limit), a field of
 the wrong type, or text that is not valid Unicode (a lone surrogate such as "\ud800",
 which Parquet cannot store) makes that row's `error` (naming the file and line)
-instead of stopping the read; so does a Parquet text value that is not UTF-8 (naming
-the row). Such a row keeps what could be read: invalid text is stored with U+FFFD in
-place of the bad code points, a number or object where text belongs as its JSON text.
+instead of stopping the read; so does a Parquet value that is not UTF-8 text or
+does not fit its number column losslessly (naming the row). Such a row keeps what
+could be read: invalid text is stored with U+FFFD in place of the bad code points,
+a number or object where text belongs as its JSON text.
 A key missing from one row is a null; a column missing from every row refuses the
 file. A leading UTF-8 byte-order mark is skipped. `iter_rows` yields those rows;
 `load_curated`, for training, refuses a file that has any.
@@ -137,41 +138,68 @@ def iter_rows(
 def _iter_parquet_rows(path: Path, schema: pa.Schema, batch_rows: int):
     offset = 0
     for batch in _parquet_file(path).iter_batches(batch_size=batch_rows):
-        table, errors = _decode_text(pa.Table.from_batches([batch]), schema, path, offset)
+        table, errors = _read_values(pa.Table.from_batches([batch]), schema, path, offset)
         table = conform(table, schema, source=str(path))
         offset += table.num_rows
         yield from table.append_column("error", pa.array(errors, pa.string())).to_batches()
 
 
-def _decode_text(table: pa.Table, schema: pa.Schema, path: Path, offset: int):
-    """Text columns as valid UTF-8; a value that is not becomes U+FFFD plus its row's error."""
+def _read_values(table: pa.Table, schema: pa.Schema, path: Path, offset: int):
+    """Every value as its column's type, or null plus its row's error: text that is not
+    UTF-8 (kept with U+FFFD), a number that does not fit losslessly (1.5 or NaN for an
+    integer, 2**64). Types that cannot hold such values at all are left to conform()."""
     problems: list[list[str]] = [[] for _ in range(table.num_rows)]
     for field in schema:
-        if field.name not in table.column_names or not pa.types.is_string(field.type):
+        if field.name not in table.column_names:
             continue
         column = table.column(field.name)
-        if not is_text(column.type):
-            continue  # conform() refuses or casts it
-        try:
-            column.cast(pa.string()).validate(full=True)
+        if pa.types.is_dictionary(column.type):  # pandas `category`
+            column = column.cast(column.type.value_type)
+        if pa.types.is_string(field.type) and is_text(column.type):
+            column = _decode_text(column, field.name, problems)
+        elif _is_number(field.type) and _is_number(column.type):
+            column = _cast_numbers(column, field, problems)
+        else:
             continue
-        except pa.ArrowInvalid:
-            pass
-        values = []
-        for index, raw in enumerate(column.cast(pa.large_binary()).to_pylist()):
-            try:
-                values.append(None if raw is None else raw.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                values.append(raw.decode("utf-8", "replace"))
-                problem = f"{field.name} is not UTF-8 ({err.reason} at byte {err.start})"
-                problems[index].append(problem)
-        table = table.set_column(
-            table.column_names.index(field.name), field.name, pa.array(values, pa.string())
-        )
+        table = table.set_column(table.column_names.index(field.name), field.name, column)
     return table, [
         f"{path} row {offset + i}: " + "; ".join(found) if found else None
         for i, found in enumerate(problems)
     ]
+
+
+def _decode_text(column: pa.ChunkedArray, name: str, problems: list[list[str]]):
+    try:
+        column.cast(pa.string()).validate(full=True)
+        return column
+    except pa.ArrowInvalid:
+        pass
+    values = []
+    for index, raw in enumerate(column.cast(pa.large_binary()).to_pylist()):
+        try:
+            values.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            values.append(raw.decode("utf-8", "replace"))
+            problems[index].append(f"{name} is not UTF-8 ({err.reason} at byte {err.start})")
+    return pa.array(values, pa.string())
+
+
+def _cast_numbers(column: pa.ChunkedArray, field: pa.Field, problems: list[list[str]]):
+    try:
+        return column.cast(field.type)  # safe: refuses any lossy value
+    except pa.ArrowInvalid:
+        pass
+    values = []
+    for index, value in enumerate(column.to_pylist()):
+        value, problem = _conform_value(value, field.type)
+        values.append(value)
+        if problem:
+            problems[index].append(f"{field.name} {problem}")
+    return pa.array(values, field.type)
+
+
+def _is_number(type_: pa.DataType) -> bool:
+    return pa.types.is_integer(type_) or pa.types.is_floating(type_)
 
 
 def file_format(path: Path) -> str:

@@ -1,8 +1,9 @@
 """The CoNaLa schema: column names, Arrow types, and the checks that enforce them.
 
 Curated rows (train/test) carry a human `rewritten_intent`; mined rows do not and
-are keyed by the pair id `id`. The translate output is the mined schema plus two
-columns, fixed up front so an all-null column never changes type between shards.
+are keyed by the pair id `id`. The translate output is the mined schema plus
+`rewritten_intent`, `score` and `error` (and `candidates` with --keep_candidates),
+fixed up front so an all-null column never changes type between shards.
 """
 
 from __future__ import annotations
@@ -29,9 +30,27 @@ MINED_SCHEMA = pa.schema(
     ]
 )
 
-OUTPUT_SCHEMA = MINED_SCHEMA.append(pa.field("rewritten_intent", pa.string())).append(
-    pa.field("error", pa.string())
+OUTPUT_SCHEMA = pa.schema(
+    [
+        *MINED_SCHEMA,
+        pa.field("rewritten_intent", pa.string()),
+        pa.field("score", pa.float64()),  # serve.engines.base.SCORE_DEFINITION; null on error
+        pa.field("error", pa.string()),
+    ]
 )
+CANDIDATE = pa.struct(
+    [("text", pa.string()), ("score", pa.float64()), ("coverage", pa.float64())]
+)
+# Columns added after translate runs were already written: reading an older run fills
+# them with nulls, so its shards still build a dataset.
+LATER_COLUMNS = frozenset({"score", "candidates"})
+
+
+def output_schema(keep_candidates: bool = False) -> pa.Schema:
+    """The translate output schema; --keep_candidates adds every candidate of a row."""
+    if not keep_candidates:
+        return OUTPUT_SCHEMA
+    return OUTPUT_SCHEMA.append(pa.field("candidates", pa.list_(CANDIDATE)))
 
 
 def with_error(schema: pa.Schema) -> pa.Schema:
@@ -46,7 +65,8 @@ class SchemaError(ValueError):
 def conform(table: pa.Table, schema: pa.Schema, *, source: str) -> pa.Table:
     """Select and cast `table` to `schema`, or raise naming the file and column.
 
-    Extra columns are dropped. Lossless casts are made: integer/float widths, null-only
+    Extra columns are dropped; a missing column of `LATER_COLUMNS` reads as nulls.
+    Lossless casts are made: integer/float widths, null-only
     and dictionary-encoded (pandas `category`) columns, whole floats to integers (pandas
     writes an int column with a missing value as float), integers and bytes to text. A
     column that cannot be cast (text where an int belongs, 1.5 for an int) is an error,
@@ -54,6 +74,9 @@ def conform(table: pa.Table, schema: pa.Schema, *, source: str) -> pa.Table:
     """
     columns = []
     for field in schema:
+        if field.name not in table.column_names and field.name in LATER_COLUMNS:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
         if field.name not in table.column_names:
             raise SchemaError(
                 f"{source}: missing column {field.name!r} "

@@ -22,6 +22,8 @@ Percentiles use the nearest-rank method: p50 of [3, 5, 9, 20] is 5.
 
 from __future__ import annotations
 
+# Before the slow imports: it makes a Ctrl-C during them one line.
+from common.cli import Parser, UserError, refuse_overlap, run  # isort: skip
 import json
 import math
 from collections.abc import Iterator
@@ -30,7 +32,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common.cli import Parser, UserError, refuse_overlap, run
 from data.loaders import column_names, iter_rows, resolve
 from data.prompts import DEFAULT_TEMPLATE, SourceTemplate
 from data.schema import CURATED_SCHEMA, MINED_SCHEMA

@@ -13,6 +13,8 @@ do: T5 appends `</s>` to every sequence, Llama prepends `<s>`.
 
 from __future__ import annotations
 
+# Before the slow imports: it makes a Ctrl-C during them one line.
+from common.cli import Parser, check_seed, refuse_existing, run  # isort: skip
 import contextlib
 import tempfile
 from pathlib import Path
@@ -28,7 +30,6 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from common.cli import Parser, check_seed, refuse_existing, run
 from data.fixtures import write_fixtures
 from data.loaders import iter_mined, load_curated
 

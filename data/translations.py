@@ -5,12 +5,16 @@ A translations directory is what `python -m serve.translate --output_dir DIR` le
 (params, rows_per_shard, shards, num_shards, complete; run_id in newer runs).
 Before any row is read, `open_translations` refuses what would make a dataset
 misleading: an unfinished run (unless allowed, and then it says how much is
-missing), shards of another run inside one directory, and several directories
-whose instructions were made with different parameters.
+missing), shards of another run inside one directory (each shard's stamp names
+its run, index, rows and ids: serve.sink), one run given twice (a copy: the same
+run id), and several directories whose instructions were made with different
+parameters. Directories written before shards carried stamps are read with a
+warning: their shards' origin cannot be checked.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +22,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.cli import UserError, read_json
+from common.cli import UserError
 from data.schema import OUTPUT_SCHEMA, conform
+from serve.sink import FORMAT_VERSION, ForeignShard, check_shard, load_manifest
 
 logger = logging.getLogger("data.translations")
 # Params that may differ between --translations directories: they describe which
@@ -62,6 +67,15 @@ def open_translations(directories: list[str], allow_incomplete: bool) -> Transla
     first, *others = manifests
     for other in others:
         check_same_params(first, manifests[first]["params"], other, manifests[other]["params"])
+    check_no_copies(manifests)
+    for directory, manifest in manifests.items():  # said once every check has passed
+        if manifest.get("format_version", 1) < FORMAT_VERSION:
+            message = (
+                f"--translations {directory}: written before shards carried their run id, so "
+                "where its shards came from cannot be checked"
+            )
+            logger.warning("%s; reading it anyway", message)
+            warnings.append(message)
     return Translations(manifests[first]["params"], manifests, files, rows, warnings)
 
 
@@ -75,13 +89,24 @@ def read_manifest(directory: str) -> dict:
             f"--translations {directory}: not a translations directory (no manifest.json); "
             "give the --output_dir of `python -m serve.translate`"
         )
-    manifest = read_json(manifest_path, "--translations")
-    shapes = {"params": dict, "shards": dict, "rows_per_shard": int}
-    if any(not isinstance(manifest.get(k), kind) for k, kind in shapes.items()):
-        raise UserError(f"{manifest_path}: not a serve.translate manifest (params, shards, ...)")
-    if not isinstance(manifest.get("num_shards", 0), int):
-        raise UserError(f"{manifest_path}: num_shards is not an integer")
-    return manifest
+    try:
+        return load_manifest(path)
+    except (ValueError, UserError) as err:
+        raise UserError(f"--translations {err}") from None
+
+
+def check_no_copies(manifests: dict[str, dict]) -> None:
+    """One run under two paths (a copy: same run id, same params) would duplicate, or
+    silently dedup, every row."""
+    seen = {}
+    for directory, manifest in manifests.items():
+        key = json.dumps([manifest.get("run_id"), manifest["params"]], sort_keys=True)
+        other = seen.setdefault(key, directory)
+        if other != directory and manifest.get("run_id") is not None:
+            raise UserError(
+                f"--translations {directory} and {other} hold the same run "
+                f"({manifest['run_id']}): one is a copy of the other; give it once"
+            )
 
 
 def listed_shards(directory: str, manifest: dict) -> list[Path]:
@@ -105,6 +130,11 @@ def listed_shards(directory: str, manifest: dict) -> list[Path]:
             "rerun the same serve.translate command to write them again"
         )
     for index in sorted(found):
+        if manifest.get("format_version", 1) >= FORMAT_VERSION:
+            try:
+                check_shard(found[index], manifest["run_id"], index)
+            except ForeignShard as err:
+                raise UserError(f"--translations {err}") from None
         entry = manifest["shards"].get(str(index))
         recorded = entry.get("rows") if isinstance(entry, dict) else None
         if recorded is not None and shard_rows(found[index]) != recorded:
@@ -123,10 +153,12 @@ def shard_rows(path: Path) -> int:
 
 
 def check_run_ids(directory: str, manifest: dict) -> None:
+    """Every shard entry names the manifest's run; older runs may leave it out."""
     run_id = manifest.get("run_id")
-    for index, entry in sorted(manifest.get("shards", {}).items()):
-        shard_run = entry.get("run_id") if isinstance(entry, dict) else None
-        if run_id and shard_run and shard_run != run_id:
+    strict = manifest.get("format_version", 1) >= FORMAT_VERSION
+    for index, entry in sorted(manifest["shards"].items()):
+        shard_run = entry.get("run_id")
+        if (strict or (run_id and shard_run)) and shard_run != run_id:
             raise UserError(
                 f"--translations {directory}: mixed parameters: shard {index} was written by run "
                 f"{shard_run}, the manifest is run {run_id}; retranslate that shard or the "

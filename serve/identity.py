@@ -9,6 +9,10 @@ except the documentation and reports the merge writes beside it. Files up to
 blocks, so a 40 GB model costs about a second, not a full read. A re-merge with
 another adapter changes the LoRA-targeted projections in every layer, which those
 blocks sample many times over.
+
+The input fingerprint is over what is read: per file, its bytes and the rows it
+yields (count plus a running hash of ids and source texts), so any change in which
+rows a run reads, or how they fall into files and so into shards, is another input.
 """
 
 from __future__ import annotations
@@ -48,11 +52,47 @@ def model_fingerprint(model: str) -> str | None:
     return digest.hexdigest()
 
 
-def files_fingerprint(paths: list[str]) -> str:
-    """sha256 over the inputs' bytes, in order."""
+class RowDigest:
+    """A running hash of rows as they are read: their count, ids and source texts, in
+    order. Two inputs whose rows fall differently (a file split mid-line, a row moved
+    to the next file, one text changed) digest differently even when their bytes,
+    concatenated, are the same."""
+
+    def __init__(self):
+        self.rows = 0
+        self._digest = hashlib.blake2b(digest_size=16)
+
+    def update(self, batch) -> None:
+        columns = batch.select(["id", "intent", "snippet"]).to_pydict().values()
+        for row in zip(*columns, strict=True):
+            self._digest.update(_encode(row))
+        self.rows += batch.num_rows
+
+    def hexdigest(self) -> str:
+        return f"{self.rows}:{self._digest.hexdigest()}"
+
+
+def ids_digest(ids: list[str | None]) -> str:
+    """Hash of a shard's ids in order: what a shard file proves it holds."""
+    return hashlib.blake2b(_encode(ids), digest_size=16).hexdigest()
+
+
+def _encode(values) -> bytes:
+    # Length-prefixed (as data.filters.hash64), with `~` for a null: no two different
+    # sequences encode alike, and a null differs from "".
+    text = "".join("~" if v is None else f"{len(v)}:{v}" for v in values)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def file_digest(path: str) -> str:
+    """sha256 of one file's bytes: its content, wherever it lies."""
     digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()
+
+
+def input_fingerprint(files: list[str]) -> str:
+    """One id for an input from its per-file `content rows:row-digest` records, in order."""
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from common.cli import Parser, UserError, run
 from data.schema import OUTPUT_SCHEMA
-from serve.sink import MANIFEST, load_manifest
+from serve.sink import FORMAT_VERSION, MANIFEST, check_shard, load_manifest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(args.output_dir)
     found = {shard_index(p): str(p) for p in args.output_dir.glob("part-*.parquet") if p.is_file()}
     parts = [found[i] for i in sorted(i for i in found if i is not None)]
-    dataset = open_parts(parts)
+    dataset = open_parts(parts, manifest)
     errors = dataset.count_rows(filter=ds.field("error").is_valid()) if parts else 0
     rows = dataset.count_rows()
     missing = sorted(set(range(manifest.get("num_shards") or 0)) - set(map(shard_index, parts)))
@@ -51,10 +51,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"    {name:<17}{value}")
 
 
-def open_parts(parts: list[str]) -> ds.Dataset:
-    """The part files as one dataset; one without the output columns is named."""
+def open_parts(parts: list[str], manifest: dict) -> ds.Dataset:
+    """The part files as one dataset; one that is unreadable, lacks the output columns or
+    was not written by the manifest's run is named."""
+    stamped = manifest.get("format_version", 1) >= FORMAT_VERSION  # older shards have none
     for part in parts:
-        names = pq.read_schema(part).names
+        if stamped:
+            check_shard(Path(part), manifest["run_id"], shard_index(part))
+        try:
+            names = pq.read_schema(part).names
+        except (OSError, ValueError) as err:
+            raise UserError(f"{part}: not a readable Parquet file ({err})") from None
         absent = [name for name in OUTPUT_SCHEMA.names if name not in names]
         if absent:
             raise UserError(f"{part}: not a translate-mined shard (no column {absent[0]!r})")

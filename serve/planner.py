@@ -6,6 +6,9 @@ out to every row that has them. Engines that schedule their own work
 the others get length-sorted batches whose padded size stays under a token budget,
 through `generate_batches` so engines with an asynchronous API can overlap them.
 
+Each source gets `options.num_candidates` candidates in one `Generation`; they travel
+together, so dedup fans all of them out and a failing source is still one row's error.
+
 A call that raises is bisected until the failing rows stand alone, so one bad input
 becomes one `error` value (in about 2*log2(n) extra calls) instead of a dead job.
 If no row of the call succeeds alone either, the failure is systemic (a broken
@@ -18,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serve.engines.base import Engine
+from serve.engines.base import Engine, Generation
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +32,18 @@ class SystemicFailure(RuntimeError):
 
 @dataclass
 class PlanResult:
-    outputs: list[str | None]
+    generations: list[Generation | None]  # every candidate of each row
     errors: list[str | None]
     unique_sources: int = 0
     truncated: int = 0
     batches: int = 0  # planned engine calls
     calls: int = 0  # engine calls made, bisection retries included
     generated_tokens: int = 0
+
+    @property
+    def outputs(self) -> list[str | None]:
+        """Each row's first candidate (the engine's best)."""
+        return [None if g is None else g.text for g in self.generations]
 
 
 def plan_batches(lengths: list[int], *, batch_tokens: int, max_batch_size: int) -> list[list[int]]:
@@ -73,7 +81,7 @@ def generate_rows(
         if source is not None:
             rows_of.setdefault(source, []).append(row)
     unique = list(rows_of)
-    result = PlanResult(outputs=[None] * len(sources), errors=[None] * len(sources))
+    result = PlanResult(generations=[None] * len(sources), errors=[None] * len(sources))
     result.unique_sources = len(unique)
 
     runnable, widths = _check_lengths(engine, unique, rows_of, result)
@@ -90,7 +98,7 @@ def generate_rows(
             pairs = _bisect(engine, texts, answer, result)
         else:
             result.generated_tokens += sum(g.num_tokens for g in answer)
-            pairs = [(g.text, None) for g in answer]
+            pairs = [(g, None) for g in answer]
         for text, (output, error) in zip(texts, pairs):
             _fill(result, rows_of[text], output=output, error=error)
             if progress:
@@ -137,13 +145,13 @@ def _split(engine, texts, error, result) -> list[tuple]:
             answers += _split(engine, part, part_error, result)
             continue
         result.generated_tokens += sum(g.num_tokens for g in generations)
-        answers += [(g.text, None) for g in generations]
+        answers += [(g, None) for g in generations]
     return answers
 
 
 def _fill(result: PlanResult, rows: list[int], *, output=None, error=None) -> None:
     for row in rows:
-        result.outputs[row] = output
+        result.generations[row] = output
         result.errors[row] = error
 
 

@@ -25,9 +25,10 @@ from common.cli import UserError
 from common.dist import cores_per_local_rank, local_device
 from common.model_files import check_model_files
 from data.prompts import SourceTemplate
-from data.schema import OUTPUT_SCHEMA
-from serve.engines import create_engine, engine_class, select_engine
-from serve.engines.base import Engine, GenerationOptions
+from data.schema import output_schema
+from serve.candidates import output_columns
+from serve.engines import check_generation, create_engine, engine_class, select_engine
+from serve.engines.base import SCORE_DEFINITION, Engine, GenerationOptions
 from serve.identity import model_fingerprint
 from serve.planner import generate_rows
 from serve.shards import InputScan, iter_shards, scan
@@ -64,6 +65,7 @@ def prepare(args, options: GenerationOptions, rank: int, world: int) -> Plan:
                 f"--input {path} lies inside --output_dir {output}, where the run writes "
                 "(and --overwrite deletes); move it or pick another --output_dir"
             )
+    check_model_overlap(args.model, output)
     template = resolve_template(args)
     check_model_files(args.model)
     device = local_device(args.device)
@@ -77,11 +79,25 @@ def prepare(args, options: GenerationOptions, rank: int, world: int) -> Plan:
     check_tuning(engine, args.tuning)
     if options.num_beams > 1 and engine == "vllm":
         raise UserError("--num_beams > 1 is not available with vllm (greedy only); use --engine hf")
+    check_generation(engine, options)
     return Plan(args, options, template, engine, device, inputs, rank, world)
 
 
+def check_model_overlap(model: str, output: Path) -> None:
+    """The run writes (and --overwrite deletes) in --output_dir, and the model's files
+    are its fingerprint: the two must not hold one another."""
+    if not Path(model).exists():
+        return  # a hub id
+    model_dir, output_dir = Path(model).resolve(), output.resolve()
+    if model_dir == output_dir or model_dir in output_dir.parents:
+        raise UserError(f"--output_dir {output} lies inside --model {model}; pick another")
+    if output_dir in model_dir.parents:
+        raise UserError(f"--model {model} lies inside --output_dir {output}; pick another")
+
+
 def check_tuning(engine: str, tuning: dict) -> None:
-    """Refuse --engine_args keys the chosen engine does not take, before any work."""
+    """Refuse --engine_args keys the chosen engine does not take, or values it cannot run
+    with, before any work."""
     taken = inspect.signature(engine_class(engine)).parameters
     knobs = {name: p for name, p in taken.items() if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(tuning) - set(knobs))
@@ -97,6 +113,29 @@ def check_tuning(engine: str, tuning: dict) -> None:
             continue
         if not _is_kind(value, kind):
             raise UserError(f"--engine_args: {name} must be {_KINDS[kind][1]}, got {value!r}")
+        low, high = _bounds(engine, name)
+        if (engine, name) in _BOUNDS and value is not None and not low <= value <= high:
+            raise UserError(
+                f"--engine_args: {name} must be in [{low}, {high}] for {engine}, got {value!r}"
+            )
+
+
+# What the engines can run with; outside, they abort or fail every call (measured:
+# ctranslate2 inter_threads 0 aborts, above the cores it thrashes at GBs of RSS;
+# max_batch_tokens 2**31 is std::bad_alloc on every batch). A float bound of 1.0 is
+# the whole GPU.
+_BOUNDS = {
+    ("ctranslate2", "inter_threads"): (1, "cores"),
+    ("ctranslate2", "max_batch_tokens"): (0, 1 << 20),
+    ("vllm", "gpu_memory_utilization"): (0.01, 1.0),
+    ("vllm", "tensor_parallel_size"): (1, 64),
+    ("vllm", "max_model_len"): (1, 1 << 20),
+}
+
+
+def _bounds(engine: str, name: str) -> tuple:
+    low, high = _BOUNDS.get((engine, name), (None, None))
+    return low, cores_per_local_rank() if high == "cores" else high
 
 
 _KINDS = {
@@ -132,6 +171,7 @@ def run_params(plan: Plan) -> dict:
         "device": device_kind(plan.device),  # `auto` precision resolves per device
         "precision": plan.args.precision,
         "generation": asdict(plan.options),
+        "score": SCORE_DEFINITION,
         "source_template": asdict(plan.template),
         "source_fingerprint": plan.inputs.fingerprint,
         "limit": plan.args.limit,
@@ -152,7 +192,7 @@ def open_sink(plan: Plan) -> ShardSink:
     """Join, start or (with --overwrite) replace the run in the output directory."""
     return ShardSink(
         plan.args.output_dir,
-        schema=OUTPUT_SCHEMA,
+        schema=output_schema(plan.options.keep_candidates),
         params=run_params(plan),
         rows_per_shard=plan.args.rows_per_shard,
         rank=plan.rank,
@@ -181,6 +221,8 @@ def run(plan: Plan, sink: ShardSink) -> dict:
             iter_shards(plan.inputs.paths, args.rows_per_shard, args.limit)
         ):
             num_shards = index + 1
+            if index in done:
+                sink.check_input(index, table)  # a finished shard holds exactly these rows
             if not sink.owns(index) or index in done:
                 progress.update(table.num_rows if index in done else 0)
                 continue
@@ -246,11 +288,12 @@ def translate_shard(engine: Engine, table: pa.Table, plan: Plan, on_rows):
         progress=on_rows,
     )
     errors = [pre or gen for pre, gen in zip(errors, result.errors)]
-    output = (
-        table.drop_columns(["error"])
-        .append_column("rewritten_intent", pa.array(result.outputs, pa.string()))
-        .append_column("error", pa.array(errors, pa.string()))
-    )
+    snippets = table.column("snippet").to_pylist()
+    columns = output_columns(result.generations, snippets, plan.options)
+    columns["error"] = pa.array(errors, pa.string())
+    output = table.drop_columns(["error"])
+    for name in output_schema(plan.options.keep_candidates).names[output.num_columns :]:
+        output = output.append_column(name, columns[name])
     ids = table.column("id").drop_null().to_pylist()
     stats = {
         "rows": table.num_rows,

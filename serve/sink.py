@@ -12,15 +12,17 @@ An output directory holds:
 * ``.run.lock`` -- every live writer holds a shared ``flock`` on it; replacing the run
   (``overwrite``) needs it exclusively, so a live run is never wiped under its writers.
 * ``.rank-RRRRR-of-WWWWW.lock`` -- held exclusively by the live writer of that rank, so a
-  second copy of the same command is refused rather than racing it shard by shard.
+  second copy of the same command is refused rather than racing it shard by shard. A
+  launch also probes the other world sizes' rank locks: a directory has one live layout.
 
 Readers should glob ``part-*.parquet`` (the manifest is not Parquet).
 
-Exactly-once: a shard is written to ``.part-XXXXX.parquet.tmp`` in the same directory,
+Exactly-once: a shard is written to ``.part-XXXXX.parquet.PID.tmp`` in the same directory,
 fsynced, then ``os.replace``d to its final name. The rename is atomic on POSIX, so a final
 file is either absent or complete -- Parquet keeps its footer at the end, so a file that is
 appended to or written in place is unreadable if the process dies mid-write. A kill therefore
-leaves at most a hidden temp file, which the owning rank deletes when it restarts. The final
+leaves at most a hidden temp file, which the owning rank (or anyone, once its writer is
+dead) deletes when it restarts. The final
 file's existence is the source of truth for "done"; the manifest's shard table is
 informational and may lag by one shard per rank after a kill (``finish`` fills such gaps).
 
@@ -33,6 +35,12 @@ No mixing: a run gets a random ``run_id`` when its manifest is created. Every wr
 checks, under the manifest lock and just before renaming a shard into place, that the
 manifest still carries its run id, and stops with ``RunReplaced`` otherwise. Together
 with the run lock this means a directory holds the shards of one run, never two.
+
+Each shard proves its run: its Parquet key-value metadata (``conala.shard``) holds the
+run id, its index, its row count and a hash of its ids. A resume, ``finish``,
+``serve.inspect`` and ``data.instruct`` check it, so a part file copied in from another
+run (or renamed) is refused by name instead of being adopted. Directories written
+before stamps existed (format 1) are not resumed; readers take them with a warning.
 """
 
 from __future__ import annotations
@@ -52,15 +60,20 @@ import pyarrow.parquet as pq
 
 from common.cli import UserError, read_json
 from data.schema import conform
+from serve.identity import ids_digest
 
-FORMAT_VERSION = 1
+# 2: shards carry their run in their metadata (STAMP), the input fingerprint covers rows.
+FORMAT_VERSION = 2
+STAMP = "conala.shard"
 MANIFEST = "manifest.json"
 LOCK = ".manifest.lock"
 RUN_LOCK = ".run.lock"
 # Modest row groups let `datasets` and other streaming readers hold one group at a time.
 ROW_GROUP_ROWS = 10_000
 _PART = re.compile(r"part-(\d+)\.parquet")
-_TEMP = re.compile(r"\.part-(\d+)\.parquet\.tmp")
+# Temp names carry the writer's pid, so no two processes ever write the same file.
+_TEMP = re.compile(r"\.part-(\d+)\.parquet(?:\.(\d+))?\.tmp")
+_RANK_LOCK = re.compile(r"\.rank-(\d+)-of-(\d+)\.lock")
 
 
 class ResumeMismatch(ValueError):
@@ -69,6 +82,18 @@ class ResumeMismatch(ValueError):
 
 class RunReplaced(UserError):
     """Another process replaced this run (``--overwrite``) while it was writing."""
+
+
+class ForeignShard(UserError):
+    """A part file that this run did not write (copied, renamed, changed or truncated)."""
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _part_name(index: int) -> str:
@@ -90,12 +115,62 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _indices(directory: Path, pattern: re.Pattern) -> dict[int, Path]:
-    found = {}
-    for path in directory.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match:
-            found[int(match.group(1))] = path
+    return {int(m.group(1)): path for m, path in _matches(directory, pattern)}
+
+
+def _matches(directory: Path, pattern: re.Pattern) -> list[tuple[re.Match, Path]]:
+    found = ((pattern.fullmatch(path.name), path) for path in directory.iterdir())
+    return [(match, path) for match, path in found if match]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def stamp(run_id: str, index: int, table: pa.Table) -> dict:
+    """What a shard file carries to prove which run wrote it, and what it holds."""
+    ids = table.column("id").to_pylist()
+    return {"run_id": run_id, "shard": index, "rows": table.num_rows, "ids": ids_digest(ids)}
+
+
+def check_shard(path: Path, run_id: str, index: int, *, ids: bool = True) -> dict:
+    """The shard's stamp, checked against the run and the file; ForeignShard naming the file
+    otherwise. `ids=False` reads only the footer (a resume checks ids against its input)."""
+    try:
+        metadata = pq.read_metadata(path)
+        held = pq.read_table(path, columns=["id"]).column("id").to_pylist() if ids else None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ForeignShard(f"{path}: not a readable Parquet file ({err})") from None
+    try:
+        found = json.loads((metadata.metadata or {}).get(STAMP.encode(), b"null"))
+    except ValueError:
+        found = None
+    if isinstance(found, dict) and held is not None:
+        found = {**found, "actual_ids": ids_digest(held)}
+    problem = _stamp_problem(found, run_id, index, metadata.num_rows)
+    if problem:
+        raise ForeignShard(f"{path}: {problem}; remove it, or rerun to write it again")
     return found
+
+
+def _stamp_problem(found, run_id: str, index: int, rows: int) -> str | None:
+    if not isinstance(found, dict):
+        return f"carries no run stamp, so run {run_id} did not write it (copied in?)"
+    if found.get("run_id") != run_id:
+        return f"written by run {found.get('run_id')}, not by this directory's run {run_id}"
+    if found.get("shard") != index:
+        return f"written as shard {found.get('shard')} of the run, not shard {index} (renamed?)"
+    if found.get("rows") != rows:
+        return f"holds {rows} rows, its run wrote {found.get('rows')} (changed since?)"
+    if found.get("actual_ids", found.get("ids")) != found.get("ids"):
+        return "its ids are not the ones its run wrote (changed since?)"
+    return None
 
 
 class ShardSink:
@@ -142,32 +217,47 @@ class ShardSink:
             "schema": {"names": schema.names, "types": [str(t) for t in schema.types]},
         }
         self.dir.mkdir(parents=True, exist_ok=True)
-        # One live writer per rank: a second copy of the same command would redo (and then
-        # collide on) the same shards.
-        self._rank_lock = open(self.dir / f".rank-{rank:05d}-of-{world_size:05d}.lock", "a")  # noqa: SIM115
+        self._rank_lock = self._run_lock = None
+        self.stamps: dict[int, dict] = {}  # checked stamps of the shards found at start
         try:
-            fcntl.flock(self._rank_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._rank_lock.close()
-            raise UserError(
-                f"{self.dir} is already being written by a live process as rank {rank} of "
-                f"{world_size}; wait for it or stop it"
-            ) from None
-        # Held (shared) for the sink's lifetime; the OS drops it when the process dies.
-        self._run_lock = open(self.dir / RUN_LOCK, "a")  # noqa: SIM115
-        try:
+            # Under the manifest lock, so two launches starting at once are serialized.
             with self._locked():
-                manifest = self._open_run(self._read_manifest(), overwrite)
+                self._rank_lock = self._claim_rank()
+                # Held (shared) for the sink's lifetime; the OS drops it when the process dies.
+                self._run_lock = open(self.dir / RUN_LOCK, "a")  # noqa: SIM115
+                self.run_id = self._open_run(self._read_manifest(), overwrite)["run_id"]
+                for index, path in sorted(_indices(self.dir, _PART).items()):
+                    self.stamps[index] = check_shard(path, self.run_id, index, ids=False)
+                self._remove_dead_temps()
         except BaseException:
             self.close()  # a refused sink must not keep this rank's lock
             raise
-        self.run_id = manifest["run_id"]
-        # A killed writer leaves its temp file behind. Only the owner may delete one: a live
-        # rank could be writing any other temp file right now.
-        with self._locked():
-            for index, path in _indices(self.dir, _TEMP).items():
-                if self.owns(index):
-                    path.unlink(missing_ok=True)
+
+    def _claim_rank(self):
+        """This rank's lock, refusing a live writer of the same rank or of another layout:
+        ranks of two world sizes own different shards, so both would write some."""
+        lock = open(self.dir / f".rank-{self.rank:05d}-of-{self.world_size:05d}.lock", "a")  # noqa: SIM115
+        live = None if _try_lock(lock) else f"as rank {self.rank} of {self.world_size}"
+        for match, path in _matches(self.dir, _RANK_LOCK):
+            if live is None and int(match.group(2)) != self.world_size:
+                with open(path, "a") as probe:
+                    if not _try_lock(probe):
+                        live = f"by a run of world size {int(match.group(2))}"
+        if live:
+            lock.close()
+            raise UserError(
+                f"{self.dir} is already being written by a live process {live}; this launch "
+                f"is rank {self.rank} of {self.world_size}: wait for it or stop it"
+            )
+        return lock
+
+    def _remove_dead_temps(self) -> None:
+        """A killed writer leaves its temp file. Ours (we hold our rank) and those whose
+        writer is gone can go; a live rank may be writing any other one right now."""
+        for match, path in _matches(self.dir, _TEMP):
+            pid = match.group(2)
+            if self.owns(int(match.group(1))) or (pid and not _alive(int(pid))):
+                path.unlink(missing_ok=True)
 
     def _open_run(self, manifest: dict | None, overwrite: bool) -> dict:
         """Join the run in the directory, or create one (wiping an old one if allowed)."""
@@ -176,7 +266,16 @@ class ShardSink:
                 f"{self.dir} has part files but no {MANIFEST}, so their parameters are "
                 "unknown; pass --overwrite or pick a new --output_dir"
             )
+        old = manifest is not None and manifest.get("format_version") != FORMAT_VERSION
+        if old and _indices(self.dir, _PART) and not overwrite:
+            raise ResumeMismatch(
+                f"{self.dir} was written by an older serve.translate (format "
+                f"{manifest.get('format_version')}, shards without a run stamp) and cannot be "
+                "resumed; data.instruct still reads it. Pass --overwrite to start over"
+            )
         diffs = self._diff(manifest) if manifest is not None else []
+        if old:  # stamps and row fingerprints did not exist: nothing to compare them with
+            diffs.append(f"format_version: {manifest.get('format_version')!r} -> {FORMAT_VERSION}")
         # A run that never finished a shard has nothing to lose or mix with: a failed
         # start (a bad model, say) must not block the corrected command.
         if diffs and not overwrite and _indices(self.dir, _PART):
@@ -185,9 +284,6 @@ class ShardSink:
                 "Pass --overwrite to replace it or pick a new --output_dir."
             )
         if manifest is not None and not diffs:
-            if "run_id" not in manifest:  # written before run ids existed
-                manifest["run_id"] = uuid.uuid4().hex
-                self._write_manifest(manifest)
             fcntl.flock(self._run_lock, fcntl.LOCK_SH)
             return manifest
         try:
@@ -240,7 +336,8 @@ class ShardSink:
         final = self.dir / _part_name(index)
         if final.exists():
             raise FileExistsError(f"shard {index} is already written: {final}")
-        temp = self.dir / f".{final.name}.tmp"
+        temp = self.dir / f".{final.name}.{os.getpid()}.tmp"
+        table = table.replace_schema_metadata({STAMP: json.dumps(stamp(self.run_id, index, table))})
         with open(temp, "wb") as f:
             pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
             f.flush()
@@ -279,15 +376,9 @@ class ShardSink:
             if manifest is None or manifest.get("run_id") != self.run_id:
                 raise RunReplaced(f"the run in {self.dir} was replaced by another process")
             for index, path in _indices(self.dir, _PART).items():
-                manifest["shards"].setdefault(
-                    str(index),
-                    {
-                        "file": path.name,
-                        "rows": pq.read_metadata(path).num_rows,
-                        "run_id": self.run_id,
-                        "stats": {},
-                    },
-                )
+                found = check_shard(path, self.run_id, index)
+                entry = {"file": path.name, "rows": found["rows"], "run_id": self.run_id}
+                manifest["shards"].setdefault(str(index), {**entry, "stats": {}})
             manifest["num_shards"] = num_shards
             manifest["complete"] = set(range(num_shards)) <= self.done()
             manifest["updated"] = _now()
@@ -295,10 +386,22 @@ class ShardSink:
             self._write_manifest(manifest)
         return manifest
 
+    def check_input(self, index: int, table: pa.Table) -> None:
+        """Refuse a finished shard whose ids are not the input rows it stands for."""
+        found = self.stamps.get(index) or check_shard(
+            self.dir / _part_name(index), self.run_id, index, ids=False
+        )
+        if found["ids"] != stamp(self.run_id, index, table)["ids"]:
+            raise ForeignShard(
+                f"{self.dir / _part_name(index)}: holds other ids than input rows "
+                f"{index * self.rows_per_shard}.. of this run; remove it, or rerun to write it"
+            )
+
     def close(self) -> None:
         """Release the run and rank locks (also released when the process exits)."""
-        self._run_lock.close()
-        self._rank_lock.close()
+        for lock in (self._run_lock, self._rank_lock):
+            if lock is not None:
+                lock.close()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -343,33 +446,57 @@ class ShardSink:
         (self.dir / MANIFEST).unlink(missing_ok=True)
 
 
-# Keys a manifest must have, with their types, for any reader to trust the rest.
-_MANIFEST_KEYS = {"params": dict, "shards": dict, "rows_per_shard": int}
+# A manifest's fields and their types: a reader trusts nothing it has not checked
+# ("complete": "no" is not complete, "rows": "500" is not a count).
+_MANIFEST_FIELDS = {"params": dict, "shards": dict, "rows_per_shard": int}
+_OPTIONAL_FIELDS = {
+    "format_version": int, "run_id": str, "num_shards": int, "complete": bool,
+    "input_rows": int, "unreadable_rows": int,
+}  # fmt: skip
+_ENTRY_FIELDS = {"file": str, "rows": int, "run_id": str, "stats": dict}
 
 
 def load_manifest(output_dir: str | os.PathLike) -> dict | None:
-    """The directory's manifest, None if it has none; ValueError if it is not one of ours."""
+    """The directory's manifest, None if it has none; ValueError naming the first field of
+    the wrong type (or missing) if it is not one of ours."""
     path = Path(output_dir) / MANIFEST
     if not path.exists():
         return None
     manifest = read_json(path)
-    for key, kind in _MANIFEST_KEYS.items():
-        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-            raise ValueError(
-                f"{path} is not a translate manifest ({key!r} should be a {kind.__name__}, "
-                f"got {manifest.get(key)!r:.60})"
-            )
-    optional = {"run_id": str, "num_shards": int}
-    if any(not isinstance(manifest.get(k, kind()), kind) for k, kind in optional.items()):
-        raise ValueError(f"{path} is not a translate manifest (run_id or num_shards mistyped)")
-    if not all(isinstance(entry, dict) for entry in manifest["shards"].values()):
-        raise ValueError(f"{path} is not a translate manifest (a shard entry is not an object)")
+    problem = _fields_problem(manifest, _MANIFEST_FIELDS, _OPTIONAL_FIELDS)
+    if problem is None and manifest.get("format_version", 1) >= 2 and "run_id" not in manifest:
+        problem = "'run_id' is missing"
+    for key, entry in manifest["shards"].items() if problem is None else ():
+        required = _ENTRY_FIELDS if manifest.get("format_version", 1) >= 2 else {}
+        if not key.isdigit() or not isinstance(entry, dict):
+            problem = f"shard {key!r} is not an index with an object"
+        else:
+            problem = _fields_problem(entry, required, _ENTRY_FIELDS)
+            problem = problem and f"shard {key}: {problem}"
+        if problem:
+            break
+    if problem:
+        raise ValueError(f"{path} is not a translate manifest ({problem})")
     return manifest
 
 
+def _fields_problem(record: dict, required: dict, optional: dict) -> str | None:
+    for key, kind in {**optional, **required}.items():
+        if key not in record and key not in required:
+            continue
+        value = record.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key!r} should be a {kind.__name__}, got {value!r:.60}"
+        if kind is int and value < 0:
+            return f"{key!r} should be >= 0, got {value}"
+    return None
+
+
 def read_output(output_dir: str | os.PathLike) -> pa.Table:
-    """All shards of ``output_dir`` concatenated in index order."""
+    """All shards of ``output_dir`` concatenated in index order (without their stamps)."""
     parts = _indices(Path(output_dir), _PART)
     if not parts:
         raise FileNotFoundError(f"no part-*.parquet files in {output_dir}")
-    return pa.concat_tables(pq.read_table(parts[i]) for i in sorted(parts))
+    return pa.concat_tables(
+        pq.read_table(parts[i]).replace_schema_metadata() for i in sorted(parts)
+    )

@@ -104,6 +104,46 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
+def make_talking(path: Path) -> None:
+    """Turn the tiny T5 at `path` into one whose greedy output is visible and varies by row.
+
+    At its initial scale a random T5 decodes `<pad>` (its decoder start) forever, which
+    prints as "", or one token repeated for most inputs: text comparisons of such output
+    prove nothing. Weights times 4 make the decoder follow the encoder (measured: 194 of
+    200 fixture rows distinct); a zero `<pad>` logit keeps the output from being padding.
+    """
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from data.tiny_models import PAD
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "layer_norm" not in name:
+                weight.mul_(4)
+        model.lm_head.weight[PAD] = 0
+    model.save_pretrained(path)
+
+
+def assert_says_something(texts: list) -> None:
+    """The precondition of any text comparison: >= 90% of rows non-empty, >= half distinct."""
+    said = [t for t in texts if t and t.strip()]
+    assert len(said) >= 0.9 * len(texts), f"{len(texts) - len(said)} of {len(texts)} rows empty"
+    assert len(set(said)) >= len(texts) / 2, f"{len(set(said))} distinct of {len(texts)}"
+
+
+@pytest.fixture(scope="session")
+def talking_t5(tiny_models, tmp_path_factory) -> Path:
+    """The tiny T5 made to say something different for each row (see `make_talking`)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("talking") / "t5"
+    shutil.copytree(tiny_models["t5"], out)
+    make_talking(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_t5(tmp_path_factory, tiny_models, fixture_dir) -> Path:
     """Output dir of a 2-rank ZeRO-3 LoRA run of the tiny T5 (adapter/, metrics, summary)."""

@@ -16,6 +16,8 @@ LMs with the prompt masked out of the loss.
 
 from __future__ import annotations
 
+# Before the slow imports: it makes a Ctrl-C during them one line.
+from common.cli import UserError, run  # isort: skip
 import logging
 import os
 import sys
@@ -40,7 +42,6 @@ from transformers.integrations.deepspeed import (
     unset_hf_deepspeed_config,
 )
 
-from common.cli import UserError, run
 from common.model_files import check_model_files
 from data.loaders import HUB_DATASET, load_curated, resolve
 from data.prompts import SourceTemplate, make_pairs

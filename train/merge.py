@@ -27,6 +27,8 @@ in float32. The LoRA weights and the verification logits are negligible next to 
 
 from __future__ import annotations
 
+# Before the slow imports: it makes a Ctrl-C during them one line.
+from common.cli import UserError, arg, parse_with_config, read_json, refuse_overlap, run  # isort: skip
 import json
 import logging
 import os
@@ -50,13 +52,12 @@ from transformers import (
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.utils.hub import convert_file_size_to_int
 
-from common.cli import UserError, arg, parse_with_config, read_json, refuse_overlap, run
 from common.hub import check_repo_id, push_folder
 from common.model_files import check_model_files
 from data.prompts import SourceTemplate
 from serve.engines.hf import DTYPES
 from train.adapter import ADAPTER_WEIGHTS, check_adapter
-from train.model_card import model_card
+from train.model_card import Adapter, model_card
 from train.verify_merge import merge_and_verify
 
 logger = logging.getLogger("train.merge")
@@ -115,15 +116,6 @@ class MergeArguments:
             ) from err
         if self.push_to_hub is not None:
             check_repo_id("--push_to_hub", self.push_to_hub)
-
-
-@dataclass
-class Adapter:
-    path: Path
-    config: dict
-    template: SourceTemplate
-    template_recorded: bool
-    stats: dict
 
 
 def main(argv: list[str] | None = None) -> dict:

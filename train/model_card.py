@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from train.merge import Adapter
+from data.prompts import SourceTemplate
+
+
+@dataclass
+class Adapter:
+    """A saved LoRA adapter as train.merge reads it: what the card describes. Defined here,
+    not in train.merge, so that the card does not import the module that imports it."""
+
+    path: Path
+    config: dict
+    template: SourceTemplate
+    template_recorded: bool
+    stats: dict
 
 
 def model_card(report: dict, adapter: Adapter) -> str:

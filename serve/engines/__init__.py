@@ -38,6 +38,15 @@ _CLASSES = {
 }
 # Engines able to run each model family (keyed by "is encoder-decoder"), best first.
 _RUNS = {True: ("ctranslate2", "hf"), False: ("vllm", "hf")}
+# Decoding modes (GenerationOptions.mode) each engine runs. CTranslate2 samples from one
+# random generator shared by a whole batch, so its samples could not be reproduced row
+# by row; vLLM has no beam search in its generate API.
+_MODES = {
+    "hf": ("greedy", "beams", "sample"),
+    "ctranslate2": ("greedy", "beams"),
+    "vllm": ("greedy", "sample"),
+}
+_MODE_NAMES = {"beams": "beam search (--num_beams > 1)", "sample": "seeded sampling (--do_sample)"}
 
 __all__ = [
     "CHOICES",
@@ -47,6 +56,7 @@ __all__ = [
     "EngineSettings",
     "Generation",
     "GenerationOptions",
+    "check_generation",
     "create_engine",
     "engine_class",
     "is_encoder_decoder",
@@ -122,6 +132,17 @@ def select_engine(
     raise UserError(f"no engine can run {model_path} on {device}; see `make doctor`")
 
 
+def check_generation(engine: str, options: GenerationOptions) -> None:
+    """Refuse, before any work, a decoding mode `engine` cannot run, naming one that can."""
+    if options.mode in _MODES[engine]:
+        return
+    family = _RUNS[True] if engine == "ctranslate2" else _RUNS[False]
+    able = [name for name in family if options.mode in _MODES[name]]
+    raise UserError(
+        f"the {engine} engine has no {_MODE_NAMES[options.mode]}; use --engine {' or '.join(able)}"
+    )
+
+
 def engine_class(name: str) -> type[Engine]:
     if name not in _CLASSES:
         raise UserError(f"Unsupported engine: {name} (choose from {', '.join(ENGINES)})")
@@ -143,5 +164,6 @@ def create_engine(name: str, model_path: str | Path, **kwargs) -> Engine:
     chosen = select_engine(
         model_path, name, device=settings.device, trust_remote_code=settings.trust_remote_code
     )
+    check_generation(chosen, settings.options)
     logger.info("engine: %s%s", chosen, " (auto)" if name == "auto" else "")
     return engine_class(chosen)(str(model_path), settings, **tuning)

@@ -11,6 +11,7 @@ engine's class); `serve.engines.create_engine` takes both as keywords.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,13 @@ from common.cli import arg
 # `auto`: bfloat16 on CUDA; on CPU float32 (int8 is opt-in: see the README's measured
 # int8 agreement). int8 is a CTranslate2 quantization; hf and vllm refuse it.
 PRECISIONS = ("auto", "bfloat16", "float32", "int8")
+SELECT_RULES = ("first", "score", "coverage")
+# What every engine reports as a candidate's `score` (stated in the run manifest).
+SCORE_DEFINITION = (
+    "mean log-probability per generated token under the model's own distribution (before "
+    "temperature, top_p or length penalty): the sum of the log-probabilities of the "
+    "generated tokens, the end token included, divided by their count"
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,32 @@ class GenerationOptions:
         "Source token limit. Encoder-decoders truncate longer sources (counted in "
         "the manifest); decoder-only engines give such rows an error.",
     )
+    num_candidates: int = arg(
+        1,
+        "Candidates per row: the N best beam hypotheses (needs --num_beams >= N), or N "
+        "samples with --do_sample. 1 costs what it always did.",
+    )
+    do_sample: bool = arg(False, "Sample (with --temperature, --top_p, --seed) instead of search.")
+    temperature: float = arg(1.0, "Sampling temperature (--do_sample).")
+    top_p: float = arg(1.0, "Nucleus sampling: keep the smallest token set with this mass.")
+    seed: int = arg(
+        0,
+        "Sampling seed. Each row draws from its own generator, seeded by this seed and the "
+        "row's source, so a rerun gives the same output whatever the batching.",
+    )
+    select: str = arg(
+        "first",
+        "Which candidate becomes rewritten_intent: first (the engine's best), score (highest "
+        "mean token log-probability), coverage (highest identifier coverage of the snippet, "
+        "ties broken by score).",
+        choices=list(SELECT_RULES),
+    )
+    keep_candidates: bool = arg(
+        False, "Add a `candidates` column: every candidate's text, score and coverage."
+    )
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "num_beams", "max_source_length"):
+        for name in ("max_new_tokens", "num_beams", "max_source_length", "num_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -52,6 +83,25 @@ class GenerationOptions:
                 f"--min_new_tokens must be in [0, --max_new_tokens={self.max_new_tokens}], "
                 f"got {self.min_new_tokens}"
             )
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise ValueError(
+                f"--temperature must be > 0 and --top_p in (0, 1], got {self.temperature} "
+                f"and {self.top_p}"
+            )
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"--select {self.select}: choose {', '.join(SELECT_RULES)}")
+        if self.do_sample and self.num_beams > 1:
+            raise ValueError("--do_sample draws each candidate with --num_beams 1")
+        if not self.do_sample and self.num_candidates > self.num_beams:
+            raise ValueError(
+                f"--num_candidates {self.num_candidates} needs --num_beams >= "
+                f"{self.num_candidates} (the best beam hypotheses) or --do_sample"
+            )
+
+    @property
+    def mode(self) -> str:
+        """greedy | beams | sample: what an engine must be able to do."""
+        return "sample" if self.do_sample else "beams" if self.num_beams > 1 else "greedy"
 
 
 @dataclass(frozen=True)
@@ -80,9 +130,31 @@ class Capabilities:
     whole_shard: bool = False
 
 
-class Generation(NamedTuple):
+class Candidate(NamedTuple):
     text: str
     num_tokens: int  # generated tokens, the end token included
+    score: float  # SCORE_DEFINITION
+
+
+class Generation(NamedTuple):
+    """One source's candidates, in the engine's order (best first for beams)."""
+
+    candidates: tuple[Candidate, ...]
+
+    @property
+    def text(self) -> str:
+        return self.candidates[0].text
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.candidates)
+
+
+def row_seed(seed: int, source: str, index: int) -> int:
+    """The seed of candidate `index` of `source`: a function of the row alone, so batching,
+    de-duplication and the rank layout never change what a row draws."""
+    digest = hashlib.sha256(f"{seed}\0{index}\0{source}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch and vLLM take a signed int64
 
 
 class Engine(ABC):
@@ -96,7 +168,7 @@ class Engine(ABC):
 
     @abstractmethod
     def generate(self, sources: list[str]) -> list[Generation]:
-        """One generation per source, in order."""
+        """One generation (`options.num_candidates` candidates) per source, in order."""
 
     def generate_batches(
         self, batches: Iterable[list[str]]

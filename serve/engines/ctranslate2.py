@@ -41,6 +41,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from serve.engines.base import (
     PRECISIONS,
+    Candidate,
     Capabilities,
     Engine,
     EngineSettings,
@@ -332,6 +333,8 @@ class CTranslate2Engine(Engine):
         return self.translator.translate_batch(
             [self.tokenizer.convert_ids_to_tokens(row) for row in ids],
             beam_size=self.options.num_beams,
+            num_hypotheses=self.options.num_candidates,
+            return_scores=True,
             max_decoding_length=self.options.max_new_tokens,
             min_decoding_length=self.options.min_new_tokens,
             max_input_length=limit,
@@ -344,13 +347,18 @@ class CTranslate2Engine(Engine):
 
     def _collect(self, results) -> list[Generation]:
         outputs = []
+        penalty = self._hf_decoding["length_penalty"] if self.options.num_beams > 1 else 0.0
         for result in results:
             if not hasattr(result, "hypotheses"):  # an AsyncTranslationResult
                 result = result.result()
-            hypothesis = result.hypotheses[0]
-            ids = self.tokenizer.convert_tokens_to_ids(hypothesis)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            outputs.append(Generation(text, len(hypothesis)))  # end token included, as hf
+            candidates = []
+            for hypothesis, score in zip(result.hypotheses, result.scores):
+                ids = self.tokenizer.convert_tokens_to_ids(hypothesis)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                count = len(hypothesis)  # end token included, as hf
+                # CTranslate2 reports sum(log-probs) / count**length_penalty (beams only).
+                candidates.append(Candidate(text, count, score * count**penalty / count))
+            outputs.append(Generation(tuple(candidates)))
         return outputs
 
     def _collect_or_error(self, submitted) -> list[Generation] | Exception:

@@ -3,6 +3,11 @@
 bf16 on GPU and fp32 on CPU by default; never fp16, which T5-family activations
 overflow. On CUDA OOM a batch is halved and retried, and the size that worked
 becomes the ceiling for later batches, so one long batch doesn't kill the job.
+
+Scores come from the raw logits `generate` returns (`output_logits`): the log-softmax
+of the model's own distribution at each step, before any processor, gathered along
+each hypothesis' beam path. Sampling draws by Gumbel-max with one torch generator per
+row (`SeededSampler`), so a row's draws depend on its seed alone, not on its batch.
 """
 
 from __future__ import annotations
@@ -10,15 +15,26 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from serve.engines.base import (
+    Candidate,
     Capabilities,
     Engine,
     EngineSettings,
     Generation,
     GenerationOptions,
     check_precision,
+    row_seed,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,6 +67,42 @@ def _generated_length(ids: list[int], eos: int | None) -> int:
     """Tokens up to and including the first end token (the padding after it excluded);
     a pad id the model chose to generate counts like any other token."""
     return ids.index(eos) + 1 if eos is not None and eos in ids else len(ids)
+
+
+def token_log_probs(logits: tuple, tokens: torch.Tensor, beam_indices) -> torch.Tensor:
+    """Log-probability of each generated token under the raw logits of its own beam.
+
+    `logits[t]` holds one row per live beam at step t; `beam_indices[i, t]` names the
+    beam hypothesis i came from there (-1 once it has ended). Greedy rows are their own
+    beams. One step at a time, so no (steps x rows x vocab) stack is ever built.
+    """
+    steps = min(len(logits), tokens.shape[1])
+    out = torch.zeros(tokens.shape[0], steps, device=tokens.device)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    for t in range(steps):
+        beams = rows if beam_indices is None else beam_indices[:, t].clamp(min=0)
+        step = logits[t][beams]
+        out[:, t] = step.gather(1, tokens[:, t : t + 1])[:, 0] - step.logsumexp(-1)
+    return out
+
+
+class SeededSampler(LogitsProcessor):
+    """Sampling as a logits processor for greedy search: temperature, top_p, then
+    Gumbel-max (argmax of scores + Gumbel noise samples softmax(scores)), the noise drawn
+    from a generator per row seeded by `row_seed`, so batch composition never matters."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1 else []
+        self.warpers += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+        self.generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids, scores):
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        noise = torch.stack(
+            [torch.empty_like(scores[0]).exponential_(generator=g) for g in self.generators]
+        )
+        return scores - noise.log()  # -log(Exp(1)) is Gumbel(0, 1)
 
 
 class HFEngine(Engine):
@@ -115,29 +167,45 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def _generate(self, sources: list[str]) -> list[Generation]:
+        options, n = self.options, self.options.num_candidates
+        sampler = None
+        if options.do_sample:  # one input per candidate, each with its own generator
+            seeds = [row_seed(options.seed, s, k) for s in sources for k in range(n)]
+            sources = [s for s in sources for _ in range(n)]
         batch = self.tokenizer(
             sources,
             padding=True,
             truncation=True,
-            max_length=self.options.max_source_length,
+            max_length=options.max_source_length,
             return_tensors="pt",
         ).to(self.model.device)
+        if options.do_sample:
+            device = self.model.device
+            sampler = SeededSampler(seeds, options.temperature, options.top_p, device)
         output = self.model.generate(
             **batch,
-            max_new_tokens=self.options.max_new_tokens,
-            min_new_tokens=self.options.min_new_tokens,
-            num_beams=self.options.num_beams,
+            max_new_tokens=options.max_new_tokens,
+            min_new_tokens=options.min_new_tokens,
+            num_beams=options.num_beams,
+            num_return_sequences=1 if options.do_sample else n,
             # Beams stop once num_beams hypotheses have finished, as CTranslate2's do
             # (patience 1), so the two engines run the same search and agree.
             early_stopping=True,
             do_sample=False,
+            logits_processor=LogitsProcessorList([sampler] if sampler else []),
+            return_dict_in_generate=True,
+            output_logits=True,
         )
         # Keep what was generated: not the decoder start token, not a causal LM's prompt.
         start = 1 if self.encoder_decoder else batch["input_ids"].shape[1]
-        output = output[:, start:]
-        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
-        counts = [_generated_length(row, self.tokenizer.eos_token_id) for row in output.tolist()]
-        return [Generation(text, count) for text, count in zip(texts, counts)]
+        tokens = output.sequences[:, start:]
+        log_probs = token_log_probs(output.logits, tokens, output.get("beam_indices")).tolist()
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        candidates = []
+        for text, row, row_log_probs in zip(texts, tokens.tolist(), log_probs):
+            count = _generated_length(row, self.tokenizer.eos_token_id)
+            candidates.append(Candidate(text, count, sum(row_log_probs[:count]) / count))
+        return [Generation(tuple(candidates[i : i + n])) for i in range(0, len(candidates), n)]
 
     def close(self) -> None:
         del self.model

@@ -8,7 +8,11 @@ core in a child process, so a script that builds this engine needs an
 Prompts are tokenized here with the model's Hugging Face tokenizer and handed to
 vLLM as token ids, and outputs are decoded by the same tokenizer, so
 `count_tokens` is exactly what the model sees and the text matches the hf engine
-token for token. Decoding is greedy (temperature 0); beam search is refused.
+token for token. Decoding is greedy (temperature 0) or sampling, one request per
+candidate with its own seed (`row_seed`), so a row's samples never depend on what it
+was batched with; beam search is refused. A candidate's score is vLLM's cumulative
+log-probability (raw: before temperature and top_p) over its tokens, divided by their
+count.
 
 vLLM schedules its own work (continuous batching, prefix cache), so it takes a
 whole de-duplicated shard in one `generate` call (`whole_shard=True`) rather than
@@ -28,7 +32,15 @@ import os
 
 from transformers import AutoConfig, AutoTokenizer
 
-from serve.engines.base import Capabilities, Engine, EngineSettings, Generation, check_precision
+from serve.engines.base import (
+    Candidate,
+    Capabilities,
+    Engine,
+    EngineSettings,
+    Generation,
+    check_precision,
+    row_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +102,8 @@ class VLLMEngine(Engine):
         self.options = settings.options
         if self.options.num_beams > 1:
             raise ValueError(
-                "the vllm engine decodes greedily only (--num_beams 1); for beam search use "
-                "--engine hf"
+                "the vllm engine has no beam search (--num_beams 1; --do_sample for several "
+                "candidates); for beams use --engine hf"
             )
         check_precision("vllm", precision, ("auto", "bfloat16", "float32"))
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -175,21 +187,34 @@ class VLLMEngine(Engine):
                     f"prompt has {len(row)} tokens; max_model_len={self.max_model_len} "
                     f"leaves no room to generate"
                 )
-        params = SamplingParams(
-            temperature=0.0,
-            max_tokens=self.options.max_new_tokens,
-            min_tokens=self.options.min_new_tokens,
-            detokenize=False,
-        )
+        options, n = self.options, self.options.num_candidates
+        common = {
+            "max_tokens": options.max_new_tokens,
+            "min_tokens": options.min_new_tokens,
+            "detokenize": False,
+            "logprobs": 0,  # the chosen token's log-probability only
+        }
+        if options.do_sample:
+            sampling = {"temperature": options.temperature, "top_p": options.top_p}
+            params = [
+                SamplingParams(**common, **sampling, seed=row_seed(options.seed, source, k))
+                for source in sources
+                for k in range(n)
+            ]
+            ids = [row for row in ids for _ in range(n)]
+        else:
+            params = SamplingParams(**common, temperature=0.0)
         results = self.llm.generate(
             [{"prompt_token_ids": row} for row in ids], params, use_tqdm=False
         )
-        outputs = []
+        candidates = []
         for result in results:
-            token_ids = list(result.outputs[0].token_ids)
+            output = result.outputs[0]
+            token_ids = list(output.token_ids)
             text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-            outputs.append(Generation(text, len(token_ids)))
-        return outputs
+            score = output.cumulative_logprob / len(token_ids)
+            candidates.append(Candidate(text, len(token_ids), score))
+        return [Generation(tuple(candidates[i : i + n])) for i in range(0, len(candidates), n)]
 
     def close(self) -> None:
         llm = self.__dict__.pop("llm", None)

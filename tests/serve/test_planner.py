@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import pytest
 
-from serve.engines.base import Capabilities, Engine, Generation, GenerationOptions
+from serve.engines.base import Candidate, Capabilities, Engine, Generation, GenerationOptions
 from serve.planner import SystemicFailure, generate_rows, plan_batches
 
 
 class FakeEngine(Engine):
     """Length = number of words; output = the source upper-cased; `poison` words fail."""
 
-    def __init__(self, *, whole_shard=False, truncates=True, poison=(), broken=False, limit=512):
-        self.options = GenerationOptions(max_source_length=limit)
+    def __init__(
+        self, *, whole_shard=False, truncates=True, poison=(), broken=False, limit=512, n=1
+    ):
+        self.options = GenerationOptions(max_source_length=limit, num_candidates=n, do_sample=n > 1)
         self.capabilities = Capabilities("fake", True, truncates, "cpu", whole_shard)
         self.poison, self.broken = set(poison), broken
         self.calls: list[list[str]] = []
@@ -29,7 +31,16 @@ class FakeEngine(Engine):
         self.calls.append(list(sources))
         if self.broken or any(word in self.poison for s in sources for word in s.split()):
             raise RuntimeError("device lost" if self.broken else "poisoned row")
-        return [Generation(source.upper(), len(source.split())) for source in sources]
+        n = self.options.num_candidates
+        return [
+            Generation(
+                tuple(
+                    Candidate(source.upper() + (f" #{k}" if n > 1 else ""), len(source.split()), -k)
+                    for k in range(n)
+                )
+            )
+            for source in sources
+        ]
 
 
 def words(n: int, tag: str = "w") -> str:
@@ -70,6 +81,18 @@ def test_one_bad_row_becomes_one_error_by_bisection():
     assert result.outputs[:-1] == [s.upper() for s in sources[:-1]]
     # 1 failed call, then two halves per level down to the bad row: 1 + 2*log2(32).
     assert result.calls == len(engine.calls) == 1 + 2 * 5
+
+
+def test_every_candidate_travels_with_its_row_through_dedup_and_bisection():
+    engine = FakeEngine(poison={"bad"}, n=3)
+    sources = ["a b", "a bad row", "c", "a b"]
+    result = generate_rows(engine, sources, batch_tokens=100, max_batch_size=10)
+    texts = [g and [c.text for c in g.candidates] for g in result.generations]
+    abc = ["A B #0", "A B #1", "A B #2"]
+    assert texts == [abc, None, ["C #0", "C #1", "C #2"], abc]
+    assert result.errors == [None, "RuntimeError: poisoned row", None, None]
+    assert result.outputs == ["A B #0", None, "C #0", "A B #0"]
+    assert result.generated_tokens == 3 * (2 + 1)  # every candidate, each source once
 
 
 def test_a_call_where_every_row_fails_alone_stops_the_job():

@@ -211,7 +211,7 @@ def test_overwrite_with_different_params_wipes_the_old_run(tmp_path):
     # same rank, or by a run of another shape).
     with pytest.raises(UserError, match="already being written by a live process"):
         make_sink(tmp_path, params={**PARAMS, "model": "big-t5"}, overwrite=True)
-    with pytest.raises(ResumeMismatch, match="being written by another live process"):
+    with pytest.raises(UserError, match="live process by a run of world size 1"):
         make_sink(tmp_path, params={**PARAMS, "model": "big-t5"}, world_size=2, overwrite=True)
     assert old.done() == {0, 1}
     old.close()
@@ -321,7 +321,7 @@ def test_sigkill_mid_write_leaves_only_complete_shards(tmp_path):
     try:
         for index in range(3):
             assert child.stdout.readline() == f"wrote {index}\n"
-        temp = tmp_path / ".part-00003.parquet.tmp"
+        temp = tmp_path / f".part-00003.parquet.{child.pid}.tmp"  # the writer's own name
         deadline = time.monotonic() + 60
         while not temp.exists():  # shard 3 is being written now
             assert child.poll() is None and time.monotonic() < deadline
