@@ -37,6 +37,13 @@ def child_env(**extra) -> dict:
     return env
 
 
+def clean_env(**extra) -> dict:
+    """A user's bare shell: PATH (venv first) and HOME, no thread or OpenMP setting. With
+    `python -m` or `-c` from the repo root, the repo is importable without PYTHONPATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
+    return {"PATH": path, "HOME": str(Path.home()), **{k: str(v) for k, v in extra.items()}}
+
+
 def machine() -> dict:
     """What the numbers were measured on; load averages say how shared the machine was."""
     cpu = platform.processor() or "unknown"
@@ -54,7 +61,7 @@ def machine() -> dict:
         for dist in reversed(dists):  # the first one installed wins
             with contextlib.suppress(PackageNotFoundError):
                 versions[name] = version(dist)
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+    return {"python": platform.python_version(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "memory_gb": round(memory, 1), "load_average": [round(x, 2) for x in os.getloadavg()],
             "gpu": gpu, "versions": versions}  # fmt: skip
@@ -83,11 +90,11 @@ def percentiles(values: list) -> dict:
 
 
 def run_child(args: list, *, log: Path, timeout: float, result: Path, env: dict | None = None,
-              threads: int | None = None, omp_wait_policy: str | None = "PASSIVE"):  # fmt: skip
+              threads: int | None = None, omp_wait_policy: str | None = None):  # fmt: skip
     """`python ARGS` from the repo root, output to `log`: the JSON `result` it wrote, else
     an error text ending in the log's tail. `threads`: pin the child to that many CPUs (and
-    OMP_NUM_THREADS). PASSIVE: idle OpenMP threads sleep instead of spinning, which on a
-    shared, oversubscribed machine is computing vs fighting over cores (10-40x here)."""
+    OMP_NUM_THREADS). `omp_wait_policy` PASSIVE: idle OpenMP threads sleep instead of
+    spinning (a bench choice, so bench.translate leaves it unset: users don't set it)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(env or child_env())
     if omp_wait_policy:

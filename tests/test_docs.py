@@ -118,6 +118,9 @@ import json, os, sys
 name = os.path.basename(sys.argv[0])
 if sys.argv[1:2] == ["-c"]:  # inline checks in scripts: let them run
     os.execv({python!r}, [{python!r}, *sys.argv[1:]])
+for flag, value in zip(sys.argv, sys.argv[1:]):  # as the real command would, for `> OUT/x`
+    if flag in ("--out", "--output", "--output_dir"):
+        os.makedirs(value, exist_ok=True)
 with open(os.environ["DOCS_SHIM_LOG"], "a") as log:
     log.write(json.dumps([name, *sys.argv[1:]]) + "\\n")
 print("[docs shim]", name)  # something for a `| grep -v` in a recipe to pass on

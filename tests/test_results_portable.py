@@ -18,7 +18,7 @@ RESULTS = REPO / "bench" / "results"
 # A path that starts at a filesystem root or a home: `/x/...`, `~/x`, `C:\x`. Preceded by
 # the start, a space, a quote or `=`/`(`/`[`/`,`/`:` so that `rows/s` and URLs
 # (`https://...`: the second slash follows a slash) do not count.
-ABSOLUTE = re.compile(r"""(?:^|[\s"'=(\[,:])(/[\w.+-]+|~/|[A-Za-z]:\\)""")
+ABSOLUTE = re.compile(r"""(?:^|[\s"'=(\[,:])(/[\w.+-]+(?:/[\w.+-]+)*|~/|[A-Za-z]:\\)""")
 MACHINE_KEYS = {"cpu", "cpu_count", "cpus_usable", "memory_gb", "gpu", "python", "versions"}
 # How busy the shared machine was: a condition of the run, not a name of the machine.
 RUN_KEYS = {"load_average", "load_average_end"}

@@ -172,3 +172,29 @@ def test_tiny_models_are_deterministic_and_ul2_shaped(tiny_models, tmp_path):
     weights = load_file(tiny_models["t5"] / "model.safetensors")  # untied, as UL2's
     assert not (weights["lm_head.weight"] == weights["shared.weight"]).all()
     assert AutoConfig.from_pretrained(tiny_models["llama"]).head_dim == 64
+
+
+def test_every_parquet_value_is_cast_losslessly_or_is_its_rows_error(tmp_path):
+    """A float question_id with one non-integral value deep in the file, a NaN, an id too
+    big for int64: each is that row's error, never a stop (issue 19, class 5)."""
+    n = 5_003
+    question_ids = [float(i) for i in range(n)]
+    question_ids[5_000], question_ids[5_001] = 5000.5, float("nan")
+    table = pa.table({
+        "id": [f"r{i}" for i in range(n)],
+        "question_id": question_ids,
+        "parent_answer_post_id": pa.array([1] * (n - 1) + [2**64 - 1], pa.uint64()),
+        "prob": pa.array([0.5] * n, pa.float32()),
+        "intent": ["i"] * n,
+        "snippet": ["s"] * n,
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=1000)
+    rows = _mined_rows(tmp_path / "in.parquet", batch_rows=1000)
+    assert len(rows) == n and [r["id"] for r in rows] == [f"r{i}" for i in range(n)]
+    bad = {i: r["error"] for i, r in enumerate(rows) if r["error"]}
+    assert sorted(bad) == [5_000, 5_001, 5_002]
+    assert bad[5_000].endswith("in.parquet row 5000: question_id has value '5000.5', expected int64")
+    assert "question_id has value 'nan'" in bad[5_001]
+    assert "parent_answer_post_id has value '18446744073709551615'" in bad[5_002]
+    assert rows[5_000]["question_id"] is None and rows[4_999]["question_id"] == 4_999
+    assert rows[5_002]["parent_answer_post_id"] is None and rows[5_002]["prob"] == 0.5
