@@ -29,7 +29,7 @@ DEMO_DIR ?= runs/demo
 export CONFIG HOSTFILE ADAPTER OUT BASE MODEL ENGINE INPUT TRANSLATIONS CURATED_TRAIN \
   CURATED_TEST DEMO_DIR VENV NUM_GPUS
 
-.PHONY: help setup lock test lint format demo train merge translate-mined dataset doctor gpu-check bench bench-scale clean
+.PHONY: help setup lock test mutants lint format demo train merge translate-mined dataset doctor gpu-check bench bench-scale clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ setup:  ## create .venv with the pinned stack (idempotent)
 
 test: setup  ## run the whole test suite (slow tests included)
 	$(PY) -m pytest -q
+
+mutants: setup  ## plant each fault of scripts/mutants.yaml in a temp copy, run its tests -> bench/results/mutants.json
+	$(PY) scripts/mutants.py $(ARGS)
 
 lint: setup  ## ruff check + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -79,17 +79,17 @@ open(out, "w").write(json.dumps({"rows": len(sources), "seconds": seconds}))
 
 
 def sweep_configs(threads: int, batch_tokens: int, max_batch_size: int) -> list[tuple]:
-    """The default first, then one worker on all cores, CTranslate2 sub-batches, smaller
-    planner batches, int8."""
-    from serve.engines.ctranslate2 import cpu_split
+    """serve.translate's defaults first, then the old default (one worker on all cores, whole
+    batches), whole or bigger sub-batches, smaller planner batches; int8 alike."""
+    from serve.engines.ctranslate2 import CPU_MAX_BATCH_TOKENS, cpu_split
 
-    split, one = cpu_split(threads), (1, threads)
+    split, one, sub = cpu_split(threads), (1, threads), CPU_MAX_BATCH_TOKENS
     window, small = (batch_tokens, max_batch_size), (4096, 64)
-    configs = [("float32", *split, *window, 0), ("float32", *one, *window, 0),
-               ("float32", *split, *window, 2048), ("float32", *split, *small, 0),
-               ("float32", *one, *small, 0), ("int8", *split, *window, 0),
-               ("int8", *split, *window, 2048), ("int8", *split, *small, 0),
-               ("int8", *one, *window, 2048)]  # fmt: skip
+    configs = [("float32", *split, *window, sub), ("float32", *one, *window, 0),
+               ("float32", *split, *window, 0), ("float32", *split, *small, 0),
+               ("float32", *split, *window, 2 * sub), ("int8", *split, *window, sub),
+               ("int8", *split, *small, 0), ("int8", *split, *window, sub // 2),
+               ("int8", *one, *window, sub)]  # fmt: skip
     return list(dict.fromkeys(configs))
 
 
@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
     common.write_json(args.out, report)
     print("\n" + render(report) + f"\n\nwrote {args.out} in {report['wall_seconds']:.0f}s")
     refusals = [f"failed: {', '.join(sorted(failures))}"] * bool(failures)
-    refusals += [f"{key}: {report[key]['verdict']}" for key in ("baseline_check", "default_text")
-                 if report[key] and not report[key]["met"]]  # fmt: skip
+    checks = ("default_text",) if args.quick else ("baseline_check", "default_text")  # smoke
+    refusals += [
+        f"{k}: {report[k]['verdict']}" for k in checks if report[k] and not report[k]["met"]
+    ]
     if refusals:
         sys.exit("[bench.translate] " + "; ".join(refusals))
     return report
@@ -201,6 +203,7 @@ def prepare(args, workdir: Path) -> dict:
     from data.fixtures import write_fixtures
     from data.prompts import SourceTemplate
     from data.tiny_models import build
+    from serve.doctor import unpad_t5
     from serve.engines.ctranslate2 import convert, resolve_compute_type
 
     # Fixture rows repeat ~15% of pairs; draw more and keep each pair's first row.
@@ -230,6 +233,7 @@ def prepare(args, workdir: Path) -> dict:
     for name, rows in sets.items():
         (workdir / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     models = build(workdir / "models", seed=args.seed, t5=BENCH_T5, llama=BENCH_LLAMA)
+    unpad_t5(models["t5"])  # text to compare: a random T5 decodes `<pad>` (empty) forever
     SourceTemplate(LLAMA_TEMPLATE).save(models["llama"])  # the decoder-only cue
     types = {p: resolve_compute_type(p, "cpu") for p in ("auto", "float32", "int8")}
     cache = workdir / "ct2-cache"
@@ -271,29 +275,25 @@ def summarize(args, spec, info, runs, failures) -> dict:
     if dup and rps(pair[0]):
         dedup = {"duplicate_rate": spec["duplicate_rate"], "source": spec["duplicate_rate_source"],
                  "rows": dup["rows"], "duplicate_rows": spec["duplicates"],
-                 "unique_sources": dup["sequences"], "rows_per_s": dup["rows_per_s"],
-                 "rows_per_s_duplicate_free": rps(pair[0]),
-                 "gain": dup["rows_per_s"] / rps(pair[0]) - 1,
+                 "unique_sources": dup["sequences"], "gain": dup["rows_per_s"] / rps(pair[0]) - 1,
                  "gain_paired": median([d["rows_per_s"] / p["rows_per_s"] - 1 for d, p in
                                         zip(runs["default-duplicates"], runs[pair[0]])]),
                  "generation_saved": 1 - dup["sequences"] / dup["rows"],
-                 "definition": "default pipeline rows/s on the set with duplicates over rows/s "
-                 "on the duplicate-free set (same row count), minus 1; generation_saved: the share "
-                 "of rows dedup does not generate, the gain to expect without noise"}  # fmt: skip
+                 "definition": "rows/s of default-duplicates over default's, minus 1; "
+                 "generation_saved: the share of rows dedup does not generate"}  # fmt: skip
     setup = {"data": f"data.fixtures mined rows, seed {args.seed}, first row of each pair only",
              "models": "data.tiny_models: bench.translate.BENCH_T5 and BENCH_LLAMA, random init",
              "threads": args.threads or info["cpus_usable"], "environment": RULE,
              **{k: getattr(args, k) for k in ("new_tokens", "batch_tokens", "max_batch_size",
                                               "baseline_rows", "decoder_rows")}}  # fmt: skip
     targets = {"best_pipeline_engine": best, "speedup_vs_baseline": speedup,
-               "speedup_target": TARGETS["speedup"], "default_speedup_vs_baseline":
-               default_speedup, "default_speedup_target": TARGETS["default_speedup"],
-               "pipeline_overhead": overhead, "overhead_target": TARGETS["overhead"],
-               "vllm_vs_hf": vllm_ratio, "vllm_vs_hf_target": TARGETS["vllm_vs_hf"],
-               "speedup_met": (speedup or 0) >= TARGETS["speedup"],
-               "default_speedup_met": (default_speedup or 0) >= TARGETS["default_speedup"],
-               "overhead_met": overhead is not None and overhead <= TARGETS["overhead"],
-               "vllm_vs_hf_met": (vllm_ratio or 0) >= TARGETS["vllm_vs_hf"]}  # fmt: skip
+               "default_speedup_vs_baseline": default_speedup, "pipeline_overhead": overhead,
+               "vllm_vs_hf": vllm_ratio, "overhead_met": overhead is not None and
+               overhead <= TARGETS["overhead"]}  # fmt: skip
+    for key, value in (("speedup", speedup), ("default_speedup", default_speedup),
+                       ("vllm_vs_hf", vllm_ratio)):  # fmt: skip
+        targets.update({f"{key}_target": TARGETS[key], f"{key}_met": (value or 0) >= TARGETS[key]})
+    targets["overhead_target"] = TARGETS["overhead"]
     return {"machine": info, "rows": args.rows, "duplicate_free": True,
             "unique_sources": contenders.get("default", {}).get("sequences"), "setup": setup,
             "timing": "one-time work excluded from every contender: conversions before timing; "
@@ -336,14 +336,20 @@ def default_text(workdir: Path) -> dict | None:
         parts = sorted((workdir / "runs" / f"{name}-0" / "out").glob("part-*.parquet"))
         if not parts:
             return None
-        rows = [r for p in parts for r in pq.read_table(p, ["id", "rewritten_intent"]).to_pylist()]
+        rows = [
+            r
+            for p in parts
+            for r in pq.read_table(p, columns=["id", "rewritten_intent"]).to_pylist()
+        ]
         texts[name] = {r["id"]: r["rewritten_intent"] for r in rows}
     default, hf = texts["default"], texts["hf"]
     same = sum(default.get(key) == text for key, text in hf.items())
-    met = same == len(hf) == len(default)
-    return {"rows": len(hf), "equal": same, "non_empty": sum(map(bool, default.values())),
-            "distinct": len(set(default.values())), "met": met,
-            "verdict": f"default's text equals hf's on {same} of {len(hf)} rows"}  # fmt: skip
+    non_empty, distinct = sum(map(bool, default.values())), len(set(default.values()))
+    says_something = non_empty >= 0.9 * len(hf) and distinct >= len(hf) / 10
+    met = same == len(hf) == len(default) and says_something
+    return {"rows": len(hf), "equal": same, "non_empty": non_empty, "distinct": distinct,
+            "met": met, "verdict": f"default's text equals hf's on {same} of {len(hf)} rows "
+            f"({non_empty} non-empty, {distinct} distinct: >= 90% and 10% needed)"}  # fmt: skip
 
 
 def render(report: dict) -> str:
@@ -534,7 +540,7 @@ def run_raw(job: dict) -> dict:
     return {"rows": len(read_jsonl(job["data"]["unique"])), "sequences": len(sources),
             "generated_tokens": tokens, "seconds": clock(), "load_s": load_s,
             "precision": engine.compute_type, "engine": "ctranslate2.Translator.translate_batch",
-            "threads": f"inter_threads {engine.translator.num_replicas}",
+            "threads": f"inter_threads {engine.translator.num_translators}",
             "batching": f"the planner's {len(batches)} batches, all submitted at once"}  # fmt: skip
 
 
@@ -569,8 +575,8 @@ def findings(job: dict) -> dict:
         "sources": len(sources), "sweep": sweep, "default": default,
         "best": max(sweep, key=lambda s: s["rows_per_s"]), "best_float32": best_float32,
         "default_vs_best_float32": ratio,
-        "default_verdict": f"default settings (first row) at {ratio:.0%} of the fastest float32 "
-        f"row ({'the default itself' if default is best_float32 else 'another setting'})",
+        "default_verdict": f"serve.translate's defaults (first row) at {ratio:.0%} of the fastest "
+        f"float32 row ({'the defaults themselves' if default is best_float32 else 'another'})",
         "definition": "rows/s of serve.planner.generate_rows over the ctranslate2 engine from "
         "create_engine (no reading or writing) on the first unique sources; median of passes",
     }  # fmt: skip

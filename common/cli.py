@@ -50,7 +50,11 @@ _guard_imports()  # argparse, dataclasses and yaml alone take ~0.1 s
 import argparse
 import functools
 import json
+import logging
+import re
+import shutil
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import MISSING, field, fields
 from pathlib import Path
@@ -59,6 +63,8 @@ import yaml
 
 DEBUG_ENV = "CONALA_DEBUG"
 EXIT_USER_ERROR = 2
+
+logger = logging.getLogger("common.cli")
 
 
 class UserError(Exception):
@@ -70,6 +76,8 @@ class UserError(Exception):
 # refusal of the operating system (missing, too long, looping, unwritable, full), all
 # of them about a path the user gave or a disk the user chose.
 USER_ERRORS = (UserError, ValueError, OSError, yaml.YAMLError)
+# Python 3.11's Path.resolve() reports a symlink loop as this RuntimeError (3.13: OSError).
+SYMLINK_LOOP = "Symlink loop from "
 
 
 class Parser(argparse.ArgumentParser):
@@ -179,19 +187,64 @@ def read_json(path: str | Path, flag: str = "", *, kind: type = dict):
 
 
 def refuse_overlap(flag: str, output: str | Path, inputs: dict[str, list]) -> None:
-    """Refuse an output that is, or holds, one of the inputs (`{flag: [paths]}`): writing
-    (or replacing, with --overwrite) it would destroy what the run reads."""
-    target = Path(output).resolve()
+    """Refuse an output that is, holds, or lies inside one of the inputs (`{flag: [paths]}`):
+    writing (or replacing, with --overwrite) it would destroy or change what the run reads."""
+    target = real_path(output)
     for input_flag, paths in inputs.items():
         for path in paths:
-            if path is None or not Path(path).exists():
+            if path is None or not os.path.lexists(path):
                 continue  # a hub id, or a file that is not there to lose
-            source = Path(path).resolve()
+            source = real_path(path)
             if source == target or target in source.parents:
                 raise UserError(
                     f"{flag} {output} holds the input {input_flag} {path}; writing there "
                     f"would destroy it. Choose another {flag}"
                 )
+            if source in target.parents:
+                raise UserError(
+                    f"{flag} {output} is inside the input {input_flag} {path}; writing there "
+                    f"would change it. Choose another {flag}"
+                )
+
+
+def real_path(path: str | Path) -> Path:
+    """`path` with every symlink followed: an output given as a link is written where the
+    link points, and the link stays. (Path.resolve raises RuntimeError on a symlink loop;
+    realpath leaves the loop for the first open, whose ELOOP is one line.)"""
+    return Path(os.path.realpath(path))
+
+
+def staging_dir(output: Path, kind: str) -> Path:
+    """A hidden working folder beside `output` (one filesystem: the final rename is atomic),
+    named for this host and process so that a later run can tell whether its owner lives."""
+    return output.with_name(f".{output.name}.{kind}-{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_dead_leftovers(output: Path, kinds: tuple[str, ...]) -> None:
+    """Delete the `staging_dir(output, kind)` folders of processes killed on this host (kill -9
+    skips their cleanup), saying so; a live process's, or another host's, are left alone.
+    An `old` folder (the output being replaced) is kept while it is the only copy."""
+    name = re.compile(
+        rf"\.{re.escape(output.name)}\.(?P<kind>{'|'.join(kinds)})-(?:(?P<host>.+)-)?(?P<pid>\d+)"
+    )
+    for path in output.parent.iterdir() if output.parent.is_dir() else []:
+        match = name.fullmatch(path.name)
+        if match is None or match["host"] not in (None, socket.gethostname()):
+            continue
+        if _running(int(match["pid"])) or (match["kind"] == "old" and not output.exists()):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.warning("removed %s, left by process %s, which no longer runs", path, match["pid"])
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def refuse_existing(flag: str, paths: list[Path], overwrite: bool) -> None:
@@ -225,6 +278,11 @@ def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None =
         result = main(argv)
     except USER_ERRORS as err:
         if debug:
+            raise
+        print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except RuntimeError as err:
+        if debug or not str(err).startswith(SYMLINK_LOOP):
             raise
         print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -54,13 +54,13 @@ COLUMNS = {
 
 
 def write_figure(path: Path, stats: dict) -> None:
-    """Left: coverage histograms (dataset vs the two references). Right: the funnel."""
+    """Coverage histograms (dataset vs the two references), the model's scores, the funnel."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.5))
     hists = stats["coverage"]["histograms"]
     bins = len(hists["dataset"])
     edges = [i / bins for i in range(bins + 1)]
@@ -78,6 +78,7 @@ def write_figure(path: Path, stats: dict) -> None:
     left.set_ylabel("fraction of rows")
     left.set_title("Identifier coverage")
     left.legend(fontsize=8)
+    _score_panel(middle, stats["score"])
     steps = stats["funnel_table"]
     names = [step for step, _, _ in steps]
     remaining = [rows for _, _, rows in steps]
@@ -92,6 +93,16 @@ def write_figure(path: Path, stats: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _score_panel(axes, score: dict) -> None:
+    lo, hi = score["range"]
+    counts = score["histogram"]
+    edges = [lo + (hi - lo) * i / len(counts) for i in range(len(counts) + 1)]
+    axes.stairs(counts, edges, fill=True, color="tab:green")
+    axes.set_xlabel(f"score: mean log-prob per generated token (clipped to [{lo:g}, {hi:g}])")
+    axes.set_ylabel("mined rows")
+    axes.set_title(f"Model score (n={score['n']:,}, no score: {score['none']:,})")
 
 
 def write_card(path: Path, stats: dict) -> None:
@@ -135,6 +146,7 @@ def render_card(stats: dict) -> str:
             "## Model and generation settings",
             "",
             *_settings(params, stats["translations"]),
+            *_selection(stats["selection"]),
             "",
             "## Filter funnel",
             "",
@@ -236,6 +248,23 @@ def _settings(params: dict, translations: dict) -> list[str]:
     return lines
 
 
+def _selection(selection: dict) -> list[str]:
+    n, rule = selection["num_candidates"], selection["select"]
+    mode = "samples" if selection["do_sample"] else "beam hypotheses"
+    lines = [
+        f"- selection: `rewritten_intent` is the `{rule}` candidate of {n}"
+        + (f" ({mode})" if n > 1 else " (one generation per row)")
+    ]
+    if selection["rows_with_candidates"]:
+        lines.append(
+            f"- what selection bought, over the {selection['rows_with_candidates']:,} kept rows "
+            f"that carry their candidates: mean identifier coverage "
+            f"{_num(selection['coverage_kept'])} for the kept text vs "
+            f"{_num(selection['coverage_first_candidate'])} for the first candidate"
+        )
+    return lines
+
+
 def _funnel(stats: dict) -> list[str]:
     funnel = stats["funnel"]
     settings = stats["settings"]
@@ -254,11 +283,14 @@ def _funnel(stats: dict) -> list[str]:
         f"Settings: min_words={settings['min_words']}, max_words={settings['max_words']}, "
         f"repetition_ngram={settings['repetition_ngram']}, "
         f"repetition_repeats={settings['repetition_repeats']}, min_prob={settings['min_prob']}, "
+        f"min_score={settings['min_score']}, "
         f"min_coverage={settings['min_coverage']}, dedup={settings['dedup']}.",
         "",
         f"`prob` of the mined rows reaching the min_prob step (n={prob['n']:,}): mean "
         f"{_num(prob['mean'])}, p05 {_num(prob['p05'])}, p25 {_num(prob['p25'])}, median "
         f"{_num(prob['p50'])}, p75 {_num(prob['p75'])}, p95 {_num(prob['p95'])}.",
+        "",
+        *_score(stats["score"]),
     ]
     return lines
 
@@ -273,6 +305,22 @@ def _decontamination(caught: dict) -> list[str]:
         "the first rule that caught them: "
         + ", ".join(f"{rule} {count:,}" for rule, count in caught.items())
         + ".",
+    ]
+
+
+def _score(score: dict) -> list[str]:
+    if not score["n"]:
+        return [
+            f"`score`: none of the {score['none']:,} mined rows reaching the min_score step "
+            "has one (translations written before scores existed)."
+        ]
+    return [
+        f"`score` ({score['definition'] or 'mean log-probability per generated token'}) of "
+        f"the mined rows reaching the min_score step (n={score['n']:,}, without a score: "
+        f"{score['none']:,}): mean {_num(score['mean'])}, p05 {_num(score['p05'])}, p25 "
+        f"{_num(score['p25'])}, median {_num(score['p50'])}, p75 {_num(score['p75'])}, p95 "
+        f"{_num(score['p95'])}. With --min_score a row without a score is dropped: it cannot "
+        "show that it meets the bar.",
     ]
 
 

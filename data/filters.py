@@ -19,6 +19,10 @@ that counts it, so the funnel adds up: input = output + the sum of the drops.
                                  over MAX_WORD_CHARS characters per allowed word
       min_prob                   mining confidence under min_prob, or not a number in
                                  [0, 1] while min_prob is set (mined rows only)
+      min_score                  the model's score (mean log-probability per generated
+                                 token) under min_score, or null while min_score is set:
+                                 a run written before scores existed cannot show it
+                                 meets the bar (mined rows only)
       min_coverage               identifier coverage under min_coverage
       duplicate                  (instruction, output) pair already kept
 
@@ -63,11 +67,15 @@ QUALITY = (
     "degenerate_repetition",
     "length",
     "min_prob",
+    "min_score",
     "min_coverage",
     "duplicate",
 )
 REASONS = DECONTAMINATION + QUALITY
 MAX_WORD_CHARS = 30  # a "word" longer than this is a run-on token, not prose
+# Mean log-probabilities per token: below -10 a text is noise, and the histogram keeps
+# the exact mean of the values it clips into its first bin.
+SCORE_RANGE = (-10.0, 0.0)
 
 
 def normalize_snippet(snippet: str | None) -> str:
@@ -211,6 +219,7 @@ class FilterSettings:
     min_words: int = 1
     max_words: int | None = 100
     min_prob: float | None = None
+    min_score: float | None = None
     min_coverage: float | None = None
     dedup: bool = True
 
@@ -226,6 +235,12 @@ class Funnel:
         self.output = {"curated": 0, "mined": 0}
         # prob of the mined rows reaching the min_prob step (whether or not it is set).
         self.prob = Histogram()
+        # score of the mined rows reaching the min_score step (whether or not it is set).
+        self.score = Histogram(lo=SCORE_RANGE[0], hi=SCORE_RANGE[1])
+        # Kept mined rows that carry their candidates: the kept text's coverage against
+        # the first candidate's, i.e. what --select bought.
+        self.coverage_selected = Histogram()
+        self.coverage_first = Histogram()
         # coverage of the kept rows, all and mined only.
         self.coverage = Histogram()
         self.coverage_mined = Histogram()
@@ -246,6 +261,9 @@ class Funnel:
             "contamination": dict(self.contamination),
             "output": dict(self.output),
             "prob": self.prob.summary(),
+            "score": self.score.summary(),
+            "coverage_selected": self.coverage_selected.summary(),
+            "coverage_first_candidate": self.coverage_first.summary(),
             "coverage": self.coverage.summary(),
             "coverage_mined": self.coverage_mined.summary(),
         }
@@ -261,20 +279,24 @@ class RowFilter:
         self._seen = HashSet()
 
     def keep(
-        self, source, question_id, snippet, instruction, error, prob
+        self, source, question_id, snippet, instruction, error, prob, score=None, candidates=None
     ) -> tuple[bool, float | None]:
+        """`score` is the model's, `candidates` the row's n-best list (None: not kept)."""
         self.funnel.input[source] += 1
-        reason, score = self._reason(source, question_id, snippet, instruction, error, prob)
+        reason, cov = self._reason(source, question_id, snippet, instruction, error, prob, score)
         if reason is not None:
             self.funnel.dropped[reason] += 1
-            return False, score
+            return False, cov
         self.funnel.output[source] += 1
-        self.funnel.coverage.add(score)
+        self.funnel.coverage.add(cov)
         if source == "mined":
-            self.funnel.coverage_mined.add(score)
-        return True, score
+            self.funnel.coverage_mined.add(cov)
+        if candidates:
+            self.funnel.coverage_selected.add(cov)
+            self.funnel.coverage_first.add(candidates[0]["coverage"])
+        return True, cov
 
-    def _reason(self, source, question_id, snippet, instruction, error, prob):
+    def _reason(self, source, question_id, snippet, instruction, error, prob, score):
         s = self.settings
         rule = self.decontaminator.rule(question_id, snippet)
         if rule:
@@ -301,11 +323,14 @@ class RowFilter:
                 self.funnel.prob.add(prob)
             if s.min_prob is not None and (prob is None or prob < s.min_prob):
                 return "min_prob", None
-        score = coverage(snippet, instruction)
-        # A row whose snippet has no identifiers (score None) cannot be judged: kept.
-        if s.min_coverage is not None and score is not None and score < s.min_coverage:
-            return "min_coverage", score
+            self.funnel.score.add(score)
+            if s.min_score is not None and (score is None or score < s.min_score):
+                return "min_score", None
+        cov = coverage(snippet, instruction)
+        # A row whose snippet has no identifiers (coverage None) cannot be judged: kept.
+        if s.min_coverage is not None and cov is not None and cov < s.min_coverage:
+            return "min_coverage", cov
         # `add` returns False when the pair was already kept.
         if s.dedup and not self._seen.add(hash64(instruction, snippet or "")):
-            return "duplicate", score
-        return None, score
+            return "duplicate", cov
+        return None, cov

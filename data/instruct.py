@@ -6,7 +6,7 @@ From a translate-mined output directory (the curated splits from the hub):
 With local curated files, stricter filters, and an upload:
     python -m data.instruct --translations runs/ul2/mined --output runs/ul2/dataset \\
         --curated_train conala-train.json --curated_test conala-test.json \\
-        --min_prob 0.5 --min_coverage 0.25 --push_to_hub NAMESPACE/conala-instruct
+        --min_prob 0.5 --min_score -1.5 --min_coverage 0.25 --push_to_hub NAMESPACE/conala-instruct
 
 The output folder loads in one line, `datasets.load_dataset("runs/ul2/dataset")`:
 
@@ -18,13 +18,24 @@ The output folder loads in one line, `datasets.load_dataset("runs/ul2/dataset")`
 Rows are streamed shard by shard and written as they pass, so memory stays flat in
 rows (only a 64-bit hash per kept row is held, for the duplicate check). The folder
 is built in a hidden staging directory beside --output and renamed into place, so
-a crash leaves the old dataset or none, never half of one.
+a crash leaves the old dataset or none, never half of one; the staging directory a
+killed run leaves is removed by the next run (and logged). A symlinked --output is
+followed: the folder it points to is replaced, and the link stays.
 """
 
 from __future__ import annotations
 
 # Before the slow imports: it makes a Ctrl-C during them one line.
-from common.cli import UserError, arg, parse_with_config, refuse_overlap, run  # isort: skip
+from common.cli import (  # isort: skip
+    UserError,
+    arg,
+    parse_with_config,
+    real_path,
+    refuse_overlap,
+    remove_dead_leftovers,
+    run,
+    staging_dir,
+)
 import json
 import logging
 import os
@@ -42,7 +53,7 @@ from tqdm import tqdm
 from common.hub import check_login, check_repo_id, push_folder
 from data.coverage import Histogram, curated_references
 from data.dataset_card import FIGURE, write_card, write_figure
-from data.filters import Decontaminator, FilterSettings, RowFilter
+from data.filters import SCORE_RANGE, Decontaminator, FilterSettings, RowFilter
 from data.loaders import HUB_DATASET, load_curated
 from data.translations import iter_translations, open_translations
 
@@ -88,6 +99,12 @@ class InstructArguments:
         "Drop mined rows whose mining prob is below this (0-1). Default: keep "
         "all; the card reports the distribution.",
     )
+    min_score: float | None = arg(
+        None,
+        "Drop mined rows whose model score (mean log-probability per generated token, "
+        "<= 0) is below this, and rows without a score (runs written before scores "
+        "existed). Default: keep all; the card reports the distribution.",
+    )
     min_coverage: float | None = arg(
         None,
         "Drop rows whose identifier coverage is below this (0-1). Default: "
@@ -125,6 +142,10 @@ class InstructArguments:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name} must be between 0 and 1, got {value}")
+        if self.min_score is not None and not -1e6 < self.min_score <= 0:  # NaN too
+            raise ValueError(
+                f"--min_score is a mean log-probability, at most 0, got {self.min_score}"
+            )
         if self.min_words < 0:
             raise ValueError("--min_words must be >= 0")
         if self.max_words is not None and self.max_words < 0:
@@ -145,6 +166,7 @@ class InstructArguments:
             min_words=self.min_words,
             max_words=self.max_words or None,
             min_prob=self.min_prob,
+            min_score=self.min_score,
             min_coverage=self.min_coverage,
             dedup=self.dedup,
         )
@@ -168,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"--curated_test {args.curated_test}: no row with a question_id or snippet, so "
             "decontamination would remove nothing; give the curated test split"
         )
-    staging = output.parent / f".{output.name}.staging-{os.getpid()}"
+    staging = staging_dir(output, "staging")
     try:
         row_filter, samples, shards = build(
             args, translations, curated_train, decontaminator, staging
@@ -186,15 +208,16 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     report(stats)
-    summary = {"output": str(output), "rows": stats["rows"], "funnel": stats["funnel"]}
+    summary = {"output": args.output, "rows": stats["rows"], "funnel": stats["funnel"]}
     if args.push_to_hub:
         summary["url"] = push_folder(output, args.push_to_hub, repo_type="dataset")
     return summary
 
 
 def check_output(args: InstructArguments) -> Path:
-    """Refuse up front what would only fail after the long part."""
-    output = Path(args.output)
+    """Refuse up front what would only fail after the long part. Returns the folder to
+    write: a symlinked --output is followed, as every output is (common.cli.real_path)."""
+    output = real_path(args.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder")
     if output.is_dir() and any(output.iterdir()) and not args.overwrite:
@@ -204,6 +227,7 @@ def check_output(args: InstructArguments) -> Path:
     inputs = {"--translations": args.translations, "--curated_train": [args.curated_train],
               "--curated_test": [args.curated_test]}  # fmt: skip
     refuse_overlap("--output", output, inputs)
+    remove_dead_leftovers(output, ("staging", "old"))
     return output
 
 
@@ -275,6 +299,8 @@ def build(args, translations, curated_train, decontaminator, staging: Path):
                 row["rewritten_intent"],
                 row["error"],
                 row["prob"],
+                row.get("score"),
+                row.get("candidates"),
             )
             if kept:
                 out = (
@@ -345,6 +371,13 @@ def describe(args, argv, translations, curated_train, row_filter, samples, shard
                 "raw_intent": Histogram().extend(references["raw_intent"]).coarse(),
             },
         },
+        "score": {
+            **funnel.score.summary(),
+            "range": SCORE_RANGE,
+            "histogram": funnel.score.coarse(),
+            "definition": translations.params.get("score"),
+        },
+        "selection": selection(translations.params, funnel),
         "settings": {k: v for k, v in asdict(args).items() if k != "config"},
         "translations": {
             "directories": list(translations.manifests),
@@ -354,6 +387,21 @@ def describe(args, argv, translations, curated_train, row_filter, samples, shard
         },
         "command": "python -m data.instruct " + shlex.join(argv),
         "samples": samples["mined"] + samples["curated"],
+    }
+
+
+def selection(params: dict, funnel) -> dict:
+    """How `rewritten_intent` was chosen among candidates, and what that bought: the mean
+    coverage of the kept text against the first candidate's, over kept rows that carry
+    their candidates (--keep_candidates). Runs before n-best read as 1 candidate, `first`."""
+    generation = params.get("generation", {})
+    return {
+        "num_candidates": generation.get("num_candidates", 1),
+        "select": generation.get("select", "first"),
+        "do_sample": generation.get("do_sample", False),
+        "rows_with_candidates": funnel.coverage_selected.n + funnel.coverage_selected.none,
+        "coverage_kept": funnel.coverage_selected.summary()["mean"],
+        "coverage_first_candidate": funnel.coverage_first.summary()["mean"],
     }
 
 
@@ -369,7 +417,7 @@ def publish(staging: Path, output: Path) -> None:
     Each step is a rename within one directory (atomic on POSIX), so at any moment
     --output is the complete old dataset, absent, or the complete new one.
     """
-    old = output.parent / f".{output.name}.old-{os.getpid()}"
+    old = staging_dir(output, "old")
     if output.exists():
         os.replace(output, old)
     os.replace(staging, output)

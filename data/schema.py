@@ -38,9 +38,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
-CANDIDATE = pa.struct(
-    [("text", pa.string()), ("score", pa.float64()), ("coverage", pa.float64())]
-)
+CANDIDATE = pa.struct([("text", pa.string()), ("score", pa.float64()), ("coverage", pa.float64())])
 # Columns added after translate runs were already written: reading an older run fills
 # them with nulls, so its shards still build a dataset.
 LATER_COLUMNS = frozenset({"score", "candidates"})

@@ -308,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.json:
-        refuse_overlap("--json", args.json, {"--input": [args.input]})
+        refuse_overlap(
+            "--json", args.json, {"--input": [args.input], "--tokenizer": [args.tokenizer]}
+        )
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     stats = compute_stats(
         args.input,

@@ -96,7 +96,9 @@ def run_tests(copy: Path, tests: list[str], timeout: int) -> tuple[str, float, s
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - start, ""
     seconds = time.monotonic() - start
+    # Repo-relative: the report is committed and must not name this machine's temp dir.
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+    tail = tail.replace(str(copy.parent), "..")
     if proc.returncode == 0:
         return "passed", seconds, tail
     return ("failed" if proc.returncode == TESTS_FAILED else "broken"), seconds, tail
@@ -105,7 +107,9 @@ def run_tests(copy: Path, tests: list[str], timeout: int) -> tuple[str, float, s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faults", type=Path, default=REPO / "scripts" / "mutants.yaml")
-    parser.add_argument("--out", type=Path, help=f"JSON report (default {DEFAULT_OUT}; none with --only)")
+    parser.add_argument(
+        "--out", type=Path, help=f"JSON report (default {DEFAULT_OUT}; none with --only)"
+    )
     parser.add_argument("--only", nargs="*", help="run only these fault names")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per test run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
@@ -160,7 +164,7 @@ def run_fault(fault: dict, copy: Path, timeout: int) -> dict:
 
 def report(results: list[dict], out: Path | None, seconds: float) -> None:
     caught = sum(result["caught"] for result in results)
-    print(f"\n| fault | file | outcome | seconds |\n|---|---|---|---|")
+    print("\n| fault | file | outcome | seconds |\n|---|---|---|---|")
     for result in results:
         verdict = "caught" if result["caught"] else f"SURVIVED ({result['outcome']})"
         print(f"| {result['name']} | {result['file']} | {verdict} | {result['seconds']:.0f} |")
@@ -168,7 +172,12 @@ def report(results: list[dict], out: Path | None, seconds: float) -> None:
     if out is None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"faults": len(results), "caught": caught, "seconds": round(seconds), "results": results}
+    summary = {
+        "faults": len(results),
+        "caught": caught,
+        "seconds": round(seconds),
+        "results": results,
+    }
     out.write_text(json.dumps(summary, indent=2) + "\n")
 
 

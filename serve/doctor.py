@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common.cli import Parser, run
+from common.cli import Parser, real_path, run
 from serve.engines.cuda_libs import FIX as CUBLAS_FIX
 from serve.engines.cuda_libs import preload_cublas12
 from serve.engines.probe import ENGINES, SETUP_FIX, describe_error, engine_probe
@@ -125,12 +125,22 @@ def _has_module(name: str) -> bool:
     return True
 
 
+def _exists(path: Path) -> bool:
+    """False only for a path that is not there: a symlink loop or a name too long is
+    the user's to fix (an OSError, one line), not a reason to look one folder up."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def resources(output_dir: Path) -> dict:
     import psutil
 
     ram = psutil.virtual_memory()
-    output_dir = output_dir.resolve()
-    while not output_dir.exists():  # not made yet: the disk it will be made on
+    output_dir = real_path(output_dir)
+    while not _exists(output_dir):  # not made yet: the disk it will be made on
         output_dir = output_dir.parent
     disk = shutil.disk_usage(output_dir)
     disk_need = (

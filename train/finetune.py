@@ -17,7 +17,7 @@ LMs with the prompt masked out of the loss.
 from __future__ import annotations
 
 # Before the slow imports: it makes a Ctrl-C during them one line.
-from common.cli import UserError, run  # isort: skip
+from common.cli import UserError, refuse_overlap, run  # isort: skip
 import logging
 import os
 import sys
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     single_process_world()
     defaults = prepare_cpu_deepspeed()
     model_args, data_args, lora_args, training_args = arguments.parse(argv, **defaults)
-    check_inputs(model_args, data_args)
+    check_inputs(model_args, data_args, training_args)
     setup_logging(training_args)
     checkpoint = resolve_checkpoint(training_args)
     check_resume_matches(checkpoint, model_args, lora_args)
@@ -102,14 +102,24 @@ def main(argv: list[str] | None = None) -> None:
     barrier()
 
 
-def check_inputs(model_args, data_args) -> None:
-    """Missing files are refused before the model loads (which takes minutes for UL2)."""
+def check_inputs(model_args, data_args, training_args) -> None:
+    """Missing files, and an --output_dir that is, holds or lies inside an input (checkpoints
+    rotate and files land there), are refused before the model loads (minutes for UL2)."""
     for source in (data_args.train_file, data_args.validation_file):
         if source != HUB_DATASET:
             resolve(source)
     model = model_args.model_name_or_path
     if not Path(model).exists() and (model.startswith((".", "/")) or model.count("/") != 1):
         raise FileNotFoundError(f"--model_name_or_path {model}: not found (and not a hub id)")
+    deepspeed = training_args.deepspeed if isinstance(training_args.deepspeed, str) else None
+    inputs = {
+        "--model_name_or_path": [model],
+        "--train_file": [data_args.train_file],
+        "--validation_file": [data_args.validation_file],
+        "--deepspeed": [deepspeed],
+        "--config": [training_args.config],
+    }
+    refuse_overlap("--output_dir", training_args.output_dir, inputs)
     check_model_files(model, "--model_name_or_path")
 
 

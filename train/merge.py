@@ -28,7 +28,17 @@ in float32. The LoRA weights and the verification logits are negligible next to 
 from __future__ import annotations
 
 # Before the slow imports: it makes a Ctrl-C during them one line.
-from common.cli import UserError, arg, parse_with_config, read_json, refuse_overlap, run  # isort: skip
+from common.cli import (  # isort: skip
+    UserError,
+    arg,
+    parse_with_config,
+    read_json,
+    real_path,
+    refuse_overlap,
+    remove_dead_leftovers,
+    run,
+    staging_dir,
+)
 import json
 import logging
 import os
@@ -152,10 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
 def check_output(args: MergeArguments, base: str) -> None:
     """Refuse an output that would clobber work: non-empty, a file, or holding the inputs
     (the base too when it comes from adapter_config.json)."""
-    output = Path(args.output).resolve()
+    output = real_path(args.output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {args.output} is a file; choose a directory path")
     refuse_overlap("--output", args.output, {"--adapter": [args.adapter], "--base": [base]})
+    remove_dead_leftovers(output, ("partial", "old"))
     try:  # found now, not after the merge: an output that cannot be written
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -312,10 +323,11 @@ def load_adapter_model(base: str, adapter: Adapter, config, args: MergeArguments
 
 def save_atomically(model, tokenizer, adapter: Adapter, report: dict, args, start: float):
     """Write everything into a temp dir beside --output, then rename it into place."""
-    output = Path(args.output).resolve()
+    output = real_path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden and named .partial: a crash leaves it behind, but never looking like a model.
-    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    # Hidden and named .partial: a kill -9 leaves it behind, never looking like a model,
+    # and the next merge to this output removes it.
+    staging = staging_dir(output, "partial")
     staging.mkdir()
     try:
         model.save_pretrained(staging, max_shard_size=args.max_shard_size)  # + generation config
@@ -338,7 +350,7 @@ def replace_dir(new: Path, output: Path) -> None:
     if not output.exists():
         new.rename(output)
         return
-    old = output.with_name(f".{output.name}.old-{os.getpid()}")
+    old = staging_dir(output, "old")
     output.rename(old)
     new.rename(output)
     shutil.rmtree(old)

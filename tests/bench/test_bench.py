@@ -65,22 +65,88 @@ def test_translate_quick(tmp_path):
     assert contenders["baseline"]["ratio_to_baseline"] == 1.0
     assert contenders["hf-llama"]["ratio_to_baseline"] == 1.0
     assert contenders["vllm"]["ratio_to"] == "hf-llama"
-    assert contenders["ctranslate2"]["precision"] == "float32"
+    assert contenders["default"]["precision"] == "float32"
     assert contenders["ctranslate2-int8"]["precision"] == "int8_float32"
-    assert '"max_batch_tokens": 2048' in contenders["ctranslate2-int8-tuned"]["batching"]
+    # The default command carries no engine, precision or tuning flag; tuned is the sweep's best.
+    assert contenders["default"]["flags"] == "--max_new_tokens 24 --min_new_tokens 24"
+    best = report["findings"]["best"]
+    assert best == max(report["findings"]["sweep"], key=lambda s: s["rows_per_s"])
+    knobs = {k: best[k] for k in ("inter_threads", "intra_threads", "max_batch_tokens")}
+    assert f"--engine_args {json.dumps(knobs)}" in contenders["tuned"]["flags"]
+    assert f"--batch_tokens {best['batch_tokens']} " in contenders["tuned"]["flags"]
+    # serve.translate's CPU defaults are the sweep's first row, and the raw engine runs them.
+    from serve.engines.ctranslate2 import CPU_MAX_BATCH_TOKENS, cpu_split
+
+    inter, intra = cpu_split(report["machine"]["cpus_usable"])
+    default = report["findings"]["default"]
+    assert (default["inter_threads"], default["intra_threads"]) == (inter, intra)
+    assert default["max_batch_tokens"] == CPU_MAX_BATCH_TOKENS
+    assert contenders["ctranslate2-raw"]["threads"] == f"inter_threads {inter}"
+    assert report["default_text"]["met"] and report["default_text"]["non_empty"] == 64
+    check = report["baseline_check"]  # recorded; only a full run is held to +-15%
+    assert len(check["bare_rows_per_s_runs"]) == 1 and _positive(check["ratio"])
+    assert "PATH, HOME" in report["setup"]["environment"]
     # Duplicate-free: every row of the headline set is its own source.
-    assert contenders["ctranslate2"]["sequences"] == report["unique_sources"] > 60
+    assert contenders["default"]["sequences"] == report["unique_sources"] > 60
     dedup = report["dedup_gain"]
     assert 0 < dedup["duplicate_rate"] < 0.1 and dedup["unique_sources"] < dedup["rows"]
     assert isinstance(report["pipeline_overhead"], float)
     assert {"speedup_vs_baseline", "pipeline_overhead", "vllm_vs_hf"} <= set(report["targets"])
     findings = report["findings"]
     assert findings["sweep"] and all(_positive(s["rows_per_s"]) for s in findings["sweep"])
-    assert set(findings["profile"]) == {"ctranslate2", "hf"}
     work = tmp_path / "work" / "runs"
-    assert list((work / "ctranslate2-0" / "out").glob("part-*.parquet"))
+    assert list((work / "default-0" / "out").glob("part-*.parquet"))
     assert (work / "baseline-0" / "baseline.jsonl").read_text().count("\n") == 64
     assert "| contender" in proc.stdout
+
+
+def test_translate_children_get_a_bare_environment(tmp_path, monkeypatch):
+    """No OpenMP or thread variable reaches a contender unless it sets it itself."""
+    from bench import common
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    script = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    out = tmp_path / "env.json"
+    seen = common.run_child(["-c", script, out], log=tmp_path / "log", timeout=60, result=out,
+                            env=common.clean_env())  # fmt: skip
+    assert set(seen) <= {"PATH", "HOME", "LC_CTYPE"}, seen  # LC_CTYPE: Python's own coercion
+
+
+def test_translate_baseline_check_fails_outside_15_percent():
+    from bench.translate import baseline_check
+
+    def runs(bench, bare):
+        return {"baseline": [{"rows_per_s": r} for r in bench],
+                "baseline-check": [{"rows_per_s": r} for r in bare]}  # fmt: skip
+
+    assert baseline_check(runs([20, 30, 40], [22, 28, 41]))["met"]
+    assert not baseline_check(runs([20, 30, 40], [28, 36, 50]))["met"]  # pairs 0.71-0.83
+    assert not baseline_check(runs([20, 30, 40], [17, 25, 33]))["met"]  # pairs 1.18-1.21
+    assert baseline_check(runs([20], [])) is None
+
+
+def test_translate_default_text_needs_equal_visible_outputs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.translate import default_text
+
+    def write(name, texts):
+        out = tmp_path / "runs" / f"{name}-0" / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        ids = [str(i) for i in range(len(texts))]
+        pq.write_table(pa.table({"id": ids, "rewritten_intent": texts}), out / "part-0.parquet")
+
+    texts = [f"text {i}" for i in range(20)]
+    write("hf", texts)
+    write("default", texts)
+    assert default_text(tmp_path)["met"]
+    write("default", texts[1:] + texts[:1])  # every output moved one row
+    assert default_text(tmp_path)["equal"] == 0 and not default_text(tmp_path)["met"]
+    write("hf", [""] * 20)
+    write("default", [""] * 20)  # equal, but says nothing
+    assert not default_text(tmp_path)["met"]
 
 
 def test_train_quick(tmp_path):
@@ -133,19 +199,23 @@ def test_gpu_ul2_dry_run(tmp_path):
 
 
 def test_scale_small(tmp_path):
+    # 3,000 rows a shard: each spans several of the bench's 1 s samples, so the CPU-time
+    # and RSS checks measure something (at 300 rows a shard, several fell in one sample
+    # and a shard's CPU time read as 0).
     out = tmp_path / "scale.json"
     run(
         [
-            sys.executable, "-m", "bench.scale", "--rows", "3000", "--rows_per_shard", "300",
+            sys.executable, "-m", "bench.scale", "--rows", "30000", "--rows_per_shard", "3000",
             "--out", out, "--workdir", tmp_path / "work",
         ],
         timeout=600,
-        check=False,  # throughput or RSS may wobble on a shared machine at this size
+        check=False,  # a failed check exits 1: the report says which
     )  # fmt: skip
     report = json.loads(out.read_text())
-    assert report["rows"] == 3000 and report["shards_written"] == 10
+    assert report["rows"] == 30000 and report["shards_written"] == 10
     assert report["checks"]["every_id_once"]["passed"], report["checks"]["every_id_once"]
-    assert {"throughput_flat", "rss_flat"} <= set(report["checks"])
+    for check in ("throughput_flat", "rss_flat"):  # CPU-time and RSS ratios within 10%
+        assert report["checks"][check]["passed"], report["checks"][check]
     assert len(report["shards"]) == 10 and all(_positive(s["rows_per_s"]) for s in report["shards"])
     assert report["samples"] and _positive(report["peak_rss_mb"])
     assert Path(out.with_suffix(".png")).stat().st_size > 1000

@@ -53,6 +53,20 @@ CASES = [
     ("data.instruct", ["--translations", "{tmp}/missing", "--output", "{tmp}/d"], "missing"),
     ("data.instruct", ["--translations", "t", "--output", "d", "--min_prob", "2"],
      "--min_prob"),
+    # A repeated --config: which file wins would be a guess.
+    ("serve.translate", ["--config", "{tmp}/a.yaml", "--config", "{tmp}/b.yaml"],
+     "--config given 2 times"),
+    ("data.instruct", ["--config={tmp}/a.yaml", "--config", "{tmp}/a.yaml"],
+     "--config given 2 times"),
+    # Outputs inside an input directory (writing there changes the input).
+    ("train.finetune", ["--config", TINY, "--train_file", "{shared}/conala-train.json",
+                        "--validation_file", "{shared}/conala-train.json",
+                        "--model_name_or_path", "{tmp}", "--output_dir", "{tmp}/run"],
+     "inside the input --model_name_or_path"),
+    ("data.stats", ["--input", "{shared}/conala-train.json", "--tokenizer", "{tmp}",
+                    "--json", "{tmp}/stats.json"], "inside the input --tokenizer"),
+    ("data.instruct", ["--translations", "{tmp}", "--output", "{tmp}/dataset"],
+     "inside the input --translations"),
 ]  # fmt: skip
 
 

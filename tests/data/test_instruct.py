@@ -412,3 +412,57 @@ def test_reads_what_the_real_sink_writes(fixture_dir, tmp_path):
         build(tmp_path / "mined", tmp_path / "out", fixture_dir, *args)
     sink.finish(3)
     assert build(tmp_path / "mined", tmp_path / "out", fixture_dir, *args)["rows"] == 300
+
+
+def test_a_symlinked_output_is_replaced_where_it_points(fixture_dir, tmp_path):
+    """As train.merge does: --overwrite replaces the folder the link names, the link stays."""
+    mined = write_translations(tmp_path / "mined", 100)
+    target = tmp_path / "datasets" / "v1"
+    target.mkdir(parents=True)
+    (target / "old.txt").write_text("old dataset")
+    link = tmp_path / "current"
+    link.symlink_to(target)
+    build(mined, link, fixture_dir, "--overwrite")
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert (target / "README.md").is_file() and not (target / "old.txt").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_staging_that_the_next_run_removes(fixture_dir, tmp_path, caplog):
+    import logging
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from tests.conftest import REPO, repo_env
+
+    mined = write_translations(tmp_path / "mined", 30_000, rows_per_shard=5000)
+    out = tmp_path / "out"
+    args = ["--translations", mined, "--output", out,
+            "--curated_train", fixture_dir / "conala-train.json",
+            "--curated_test", fixture_dir / "conala-test.json"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data.instruct", *map(str, args)], cwd=REPO, env=repo_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".out.staging-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (left,) = tmp_path.glob(".out.staging-*")
+    assert left.name == f".out.staging-{socket.gethostname()}-{proc.pid}"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    live = tmp_path / f".out.staging-{socket.gethostname()}-{sleeper.pid}"
+    live.mkdir()  # a running process's: never touched
+    try:
+        with caplog.at_level(logging.WARNING, logger="common.cli"):
+            build(mined, out, fixture_dir)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not left.exists() and live.is_dir()
+    assert f"removed {left}" in caplog.text and "no longer runs" in caplog.text
+    assert read_dataset(out).num_rows > 30_000

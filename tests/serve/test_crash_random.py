@@ -121,7 +121,7 @@ def kill_some(procs: list[subprocess.Popen], out: Path, rng: random.Random) -> N
     """SIGKILL a random subset at a random time, or just after the k-th new shard lands."""
     victims = [p for p in procs if rng.random() < 0.7] or [rng.choice(procs)]
     if rng.random() < 0.5:
-        deadline = time.monotonic() + rng.uniform(0.0, 25.0)
+        deadline = time.monotonic() + rng.uniform(0.0, 12.0)
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             time.sleep(0.01)
     else:

@@ -131,11 +131,10 @@ def test_every_hostile_row_gets_one_output_or_one_error(tiny_models, tmp_path):
 )
 def test_broken_templates_are_refused_before_any_output(template, tiny_models, tmp_path):
     out = tmp_path / "out"
-    line = one_error_line(
-        translate(tiny_models["t5"], tiny_models["t5"].parent / "x.jsonl", out,
-                  "--source_template", template)
-    )  # fmt: skip
-    assert "--source_template" in line or "x.jsonl" in line
+    source = write_jsonl(tmp_path / "x.jsonl", [json.dumps(mined_row(0, "a", "b")).encode()])
+    line = one_error_line(translate(tiny_models["t5"], source, out, "--source_template", template))
+    assert line.startswith("serve.translate: error: --source_template"), line
+    assert not out.exists()
     source = write_jsonl(tmp_path / "in.jsonl", [json.dumps(mined_row(1, "a", "b")).encode()])
     line = one_error_line(translate(tiny_models["t5"], source, out, "--source_template", template))
     assert line.startswith("serve.translate: error: --source_template")
@@ -242,29 +241,36 @@ def test_fingerprint_of_large_weight_files_follows_their_content(tmp_path):
 
 
 def test_concurrent_overwrite_cannot_mix_two_runs(tiny_models, fixture_dir, tmp_path):
-    """Process A runs; B starts on the same dir with other settings and --overwrite."""
+    """Process A (rank 0 of 2) runs; B (rank 1 of 2) starts on the same dir with other
+    settings and --overwrite. B's own rank lock is free and the layout is A's, so only the
+    run lock stands between B and wiping A's shards."""
     mined, out = fixture_dir / "conala-mined.jsonl", tmp_path / "out"
     common = ["--engine", "hf", "--rows_per_shard", "100"]  # hf: slow enough to race
     a = subprocess.Popen(
         [sys.executable, "-m", "serve.translate", "--model", tiny_models["t5"], "--input", mined,
-         "--output_dir", out, "--max_new_tokens", "24", "--min_new_tokens", "24", *common],
-        cwd=REPO, env=repo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--output_dir", out, "--max_new_tokens", "48", "--min_new_tokens", "48", *common],
+        cwd=REPO, env=repo_env(RANK=0, WORLD_SIZE=2), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        while len(list(out.glob("part-*.parquet"))) < 3:
+        while not list(out.glob("part-*.parquet")):  # A has 9 of its 10 shards to go
             assert a.poll() is None, a.communicate()[1][-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        b = translate(tiny_models["t5"], mined, out, *common, "--overwrite")
-        assert "live process" in one_error_line(b)  # refused: A holds the run (and rank 0)
+        b = run(
+            [sys.executable, "-m", "serve.translate", "--model", tiny_models["t5"], "--input",
+             mined, "--output_dir", out, "--max_new_tokens", "4", *common, "--overwrite"],
+            check=False, RANK=1, WORLD_SIZE=2,
+        )  # fmt: skip
+        assert "another live process with other parameters" in one_error_line(b)
         assert a.wait(timeout=600) == 0, a.communicate()[1][-3000:]
     finally:
         a.kill()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["params"]["generation"]["max_new_tokens"] == 24
+    assert manifest["params"]["generation"]["max_new_tokens"] == 48
     assert {entry["run_id"] for entry in manifest["shards"].values()} == {manifest["run_id"]}
-    assert len(manifest["shards"]) == 20
+    assert sorted(map(int, manifest["shards"])) == list(range(0, 20, 2))  # A's, and only A's
     # Once A has ended, B may replace the run: wholly, under a new run id.
     translate(tiny_models["t5"], mined, out, *common, "--overwrite", check=True)
     replaced = json.loads((out / "manifest.json").read_text())

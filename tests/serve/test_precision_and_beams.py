@@ -25,16 +25,18 @@ import torch
 from serve.engines.base import EngineSettings, GenerationOptions
 
 REPO = Path(__file__).resolve().parents[2]
-INT8_ROWS = 200
 # 200 rows: on 80, which near-ties a training run leaves varies the share too much.
 BEAM_ROWS = 200
 BEAMS = 4
 MIN_BEAM_AGREEMENT = 0.97
-# Exact greedy agreement depends on the CPU's int8 kernels: 80.5%, 79.0% and 69.5% of 200
-# rows on an Intel Xeon (AVX-512), 25.0%, 29.0% and 34.5% on an AMD EPYC without AVX-512
-# (three trainings each; the CPU training is not bit-reproducible). Broken int8 (empty or
-# unrelated outputs) sits near 0%, which is what this bound catches.
-MIN_INT8_AGREEMENT = 0.15
+# int8 vs float32 is judged on log-probabilities of the same forced tokens (float32's
+# greedy output), not on identical text: on a small trained model near-ties flip greedy
+# text on 20-75% of rows, depending on the CPU's int8 kernels. Measured on the merged
+# tiny T5 (100 rows, ~1,800 tokens, AMD EPYC AVX2): mean |difference| 0.117 nats per
+# token; with every attention query weight doubled before quantising (a broken int8
+# scale) 0.50, with every attention output weight x1.5 0.72.
+MAX_INT8_LOGPROB_DIFF = 0.25
+INT8_ROWS = 100
 
 
 def _measure_module():
@@ -72,29 +74,51 @@ def test_cpu_auto_precision_is_float32(tiny_models, tmp_path):
     engine.close()
 
 
+def int8_logprob_diff(model: Path, reference: Path, sources: list[str], cache: Path) -> float:
+    """Mean |log p| difference per token, `model` in int8 vs `reference` in float32, on
+    the tokens float32 generates greedily (each side scores the same target tokens)."""
+    from serve.engines.ctranslate2 import CTranslate2Engine
+
+    def engine(path, precision):
+        settings = EngineSettings(device="cpu", precision=precision, cache_dir=cache)
+        return CTranslate2Engine(str(path), settings)
+
+    float32, int8 = engine(reference, "float32"), engine(model, "int8")
+    tokenizer = float32.tokenizer
+    source_tokens = [tokenizer.convert_ids_to_tokens(tokenizer(s).input_ids) for s in sources]
+    greedy = float32.translator.translate_batch(source_tokens, max_decoding_length=24)
+    targets = [result.hypotheses[0] for result in greedy]
+    assert sum(map(len, targets)) >= 5 * len(sources), "too few tokens to judge"
+    want, got = (
+        [r.log_probs for r in side.translator.score_batch(source_tokens, targets)]
+        for side in (float32, int8)
+    )
+    diffs = [abs(a - b) for w, g in zip(want, got) for a, b in zip(w, g)]
+    float32.close()
+    int8.close()
+    return sum(diffs) / len(diffs)
+
+
 @pytest.mark.slow
-def test_int8_agreement_is_measured_on_merged_t5(merged_models, fixture_dir, tmp_path):
-    """int8 vs float32 greedy on the trained model: measured, printed, sane."""
+def test_int8_log_probs_stay_within_quantisation_noise(merged_models, fixture_dir, tmp_path):
+    """int8 scores float32's own greedy tokens within noise; a broken int8 model does not."""
+    from transformers import AutoModelForSeq2SeqLM
+
     model = merged_models["t5"]
-    report = measure.measure(
-        model,
-        fixture_dir,
-        left="ctranslate2:int8",
-        right="ctranslate2:float32",
-        rows=INT8_ROWS,
-        cache_dir=tmp_path,
-    )
-    print(
-        f"\nctranslate2 int8 vs float32 greedy on merged T5: {report['identical']}/"
-        f"{report['rows']} identical ({report['agreement']:.1%}); "
-        f"empty outputs {report['empty']}"
-    )
-    assert report["left"]["resolved"] == "int8_float32"
-    assert report["right"]["resolved"] == "float32"
-    assert report["distinct"][1] > 1, "a model that says one thing tests little"
-    # The failure int8 showed on a random model: empty strings where float32 has text.
-    assert report["empty"][0] <= report["empty"][1]
-    assert report["agreement"] >= MIN_INT8_AGREEMENT, report["mismatches"]
+    sources = measure.fixture_sources(model, fixture_dir, INT8_ROWS)
+    noise = int8_logprob_diff(model, model, sources, tmp_path / "cache")
+    print(f"\nint8 vs float32 on merged T5: mean |d log p| {noise:.3f} per token")
+    assert noise <= MAX_INT8_LOGPROB_DIFF
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    weights = AutoModelForSeq2SeqLM.from_pretrained(broken, dtype=torch.float32)
+    with torch.no_grad():
+        for name, weight in weights.named_parameters():
+            if name.endswith(".q.weight"):  # a wrong quantisation scale on one kind of matrix
+                weight.mul_(2)
+    weights.save_pretrained(broken)
+    assert int8_logprob_diff(broken, model, sources, tmp_path / "cache") > MAX_INT8_LOGPROB_DIFF
 
 
 # --------------------------------------------------------------------------- output scale

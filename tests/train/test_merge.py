@@ -8,7 +8,10 @@ will.
 """
 
 import json
+import logging
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -314,3 +317,56 @@ def test_required_flags_can_come_from_the_yaml(capsys, tmp_path, trained_llama):
     code, err = merge_cli(capsys, config=config, dtype="float32")
     assert code == 0, err
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_output_inside_the_adapter_is_refused(capsys, tmp_path, trained_llama):
+    adapter = copy_adapter(trained_llama, tmp_path)
+    code, err = merge_cli(capsys, adapter=adapter, output=adapter / "merged")
+    assert code == 2 and "inside the input --adapter" in err, err
+    assert not (adapter / "merged").exists()
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped): what kill -9 leaves."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_a_dead_merges_partial_folder_is_removed_and_a_live_ones_kept(
+    capsys, caplog, tmp_path, trained_llama
+):
+    output = tmp_path / "out"
+    host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        dead = tmp_path / f".out.partial-{host}-{dead_pid()}"
+        alive = tmp_path / f".out.partial-{host}-{live.pid}"
+        elsewhere = tmp_path / f".out.partial-another-host-{dead_pid()}"
+        for folder in (dead, alive, elsewhere):
+            folder.mkdir()
+            (folder / "model.safetensors").write_bytes(b"half")
+        args = {"adapter": trained_llama / "adapter", "output": output, "dtype": "float32"}
+        with caplog.at_level(logging.WARNING, logger="common.cli"):
+            code, err = merge_cli(capsys, **args)
+        assert code == 0, err
+        assert not dead.exists() and alive.is_dir() and elsewhere.is_dir()
+        assert f"removed {dead}" in caplog.text and str(alive) not in caplog.text
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.slow
+def test_a_symlinked_output_is_replaced_where_it_points(capsys, tmp_path, trained_llama):
+    target = tmp_path / "models" / "merged"
+    target.mkdir(parents=True)
+    (target / "old.txt").write_text("old merge")
+    link = tmp_path / "current"
+    link.symlink_to(target)
+    args = {"adapter": trained_llama / "adapter", "output": link, "dtype": "float32"}
+    code, err = merge_cli(capsys, **args, overwrite=True)
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert (target / "config.json").is_file() and not (target / "old.txt").exists()
