@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from common.cli import Parser, UserError, run
-from data.schema import OUTPUT_SCHEMA
+from data.schema import LATER_COLUMNS, OUTPUT_SCHEMA
 from serve.sink import FORMAT_VERSION, MANIFEST, check_shard, load_manifest
 
 
@@ -62,7 +62,7 @@ def open_parts(parts: list[str], manifest: dict) -> ds.Dataset:
             names = pq.read_schema(part).names
         except (OSError, ValueError) as err:
             raise UserError(f"{part}: not a readable Parquet file ({err})") from None
-        absent = [name for name in OUTPUT_SCHEMA.names if name not in names]
+        absent = [n for n in OUTPUT_SCHEMA.names if n not in names and n not in LATER_COLUMNS]
         if absent:
             raise UserError(f"{part}: not a translate-mined shard (no column {absent[0]!r})")
     return ds.dataset(parts, format="parquet")

@@ -38,9 +38,9 @@ def test_bench_uses_only_public_product_names():
 
 
 def test_bench_is_small():
-    """The benchmarks stay lean: at most 1,300 lines in all."""
+    """The benchmarks stay lean: at most 1,600 lines in all (six benches)."""
     lines = sum(len(p.read_text().splitlines()) for p in (REPO / "bench").glob("*.py"))
-    assert lines <= 1300, lines
+    assert lines <= 1600, lines
 
 
 def test_translate_quick(tmp_path):
