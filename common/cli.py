@@ -55,6 +55,7 @@ import re
 import shutil
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import MISSING, field, fields
 from pathlib import Path
@@ -272,8 +273,10 @@ def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None =
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
-    # From here a Ctrl-C unwinds as KeyboardInterrupt, so `finally` blocks clean up.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
+        # From here a Ctrl-C unwinds as KeyboardInterrupt, so `finally` blocks clean up.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = _redeliver_lost_interrupt
     try:
         result = main(argv)
     except USER_ERRORS as err:
@@ -292,6 +295,15 @@ def run(main: Callable[[list[str]], object], prog: str, argv: list[str] | None =
     if isinstance(result, dict | list):
         print(json.dumps(result, indent=2))
     sys.exit(0)
+
+
+def _redeliver_lost_interrupt(unraisable) -> None:
+    """A Ctrl-C that lands in a weakref callback or finalizer is printed and dropped by
+    Python, and the run goes on; send it again a moment later, outside the callback."""
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
 
 
 def _first_line(err: BaseException) -> str:
