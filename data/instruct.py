@@ -70,6 +70,9 @@ DATASET_SCHEMA = pa.schema(
         pa.field("prob", pa.float64()),  # mining confidence; null for curated rows
         pa.field("intent", pa.string()),  # the original Stack Overflow title
         pa.field("coverage", pa.float64()),  # identifier coverage; null: snippet has none
+        # the model's mean log-probability per generated token; null for curated rows and
+        # for runs written before scores existed
+        pa.field("score", pa.float64()),
     ]
 )
 ROW_GROUP_ROWS = 10_000
@@ -292,7 +295,7 @@ def build(args, translations, curated_train, decontaminator, staging: Path):
         columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         for i in range(batch.num_rows):
             row = {name: values[i] for name, values in columns.items()}
-            kept, score = row_filter.keep(
+            kept, cov = row_filter.keep(
                 source,
                 row["question_id"],
                 row["snippet"],
@@ -312,7 +315,8 @@ def build(args, translations, curated_train, decontaminator, staging: Path):
                     row["parent_answer_post_id"],
                     row["prob"],
                     row["intent"],
-                    score,
+                    cov,
+                    row.get("score"),
                 )
                 writer.append(out)
                 if len(samples[source]) < SAMPLE_ROWS:

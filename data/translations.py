@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.cli import UserError
-from data.schema import OUTPUT_SCHEMA, conform
+from data.schema import conform, output_schema
 from serve.sink import FORMAT_VERSION, ForeignShard, check_shard, load_manifest
 
 logger = logging.getLogger("data.translations")
@@ -200,11 +200,11 @@ def iter_translations(files: list[Path]):
     """("mined", record batch) pairs, shard by shard, a few thousand rows at a time."""
     for path in files:
         with pq.ParquetFile(path) as shard:
+            # A run made with --keep_candidates carries them; the dataset card compares
+            # the kept text's coverage with the first candidate's.
+            schema = output_schema("candidates" in shard.schema_arrow.names)
             for batch in shard.iter_batches(batch_size=READ_BATCH_ROWS):
-                yield (
-                    "mined",
-                    conform(pa.Table.from_batches([batch]), OUTPUT_SCHEMA, source=str(path)),
-                )
+                yield "mined", conform(pa.Table.from_batches([batch]), schema, source=str(path))
         # Arrow's allocator keeps freed pages for reuse; hand them back between shards
         # so the peak does not creep with the number of shards read.
         pa.default_memory_pool().release_unused()

@@ -8,6 +8,9 @@ Stored text is shown with control characters and escape sequences escaped (`\\x1
 
 from __future__ import annotations
 
+# First, so a Ctrl-C during the heavy imports below is one line (see common.cli).
+from common.cli import Parser, UserError, run  # isort: skip
+
 import re
 import textwrap
 import unicodedata
@@ -16,7 +19,6 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from common.cli import Parser, UserError, run
 from data.schema import LATER_COLUMNS, OUTPUT_SCHEMA
 from serve.sink import FORMAT_VERSION, MANIFEST, check_shard, load_manifest
 

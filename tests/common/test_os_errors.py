@@ -81,16 +81,7 @@ def assert_interrupted(proc: subprocess.CompletedProcess, module: str) -> None:
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
 
 
-INSPECT_IMPORTS_FIRST = pytest.mark.xfail(
-    strict=True,
-    reason="serve/inspect.py imports pyarrow.dataset before common.cli (its owner's file): "
-    "moving `from common.cli import ...` first, as in every other entry point, fixes it",
-)
-
-
-@pytest.mark.parametrize(
-    "index", [pytest.param(i, marks=INSPECT_IMPORTS_FIRST) if i == 7 else i for i in range(9)]
-)
+@pytest.mark.parametrize("index", range(9))
 def test_ctrl_c_during_the_imports_is_one_line(tmp_path, index):
     """0.3 s after start every entry point is still importing (torch, transformers,
     pyarrow): the moment that used to print a KeyboardInterrupt traceback."""

@@ -32,7 +32,10 @@ def test_min_score_drops_exactly_the_rows_below_it_and_those_without_a_score(fix
 
     ok = [r for r in rows if r["error"] is None]
     expected = [r["id"] for r in ok if r["score"] is not None and r["score"] >= -0.45]
-    assert sorted(read_dataset(out).column("id").to_pylist()) == sorted(expected)
+    dataset = read_dataset(out).to_pydict()
+    assert sorted(dataset["id"]) == sorted(expected)
+    by_id = {r["id"]: r["score"] for r in ok}
+    assert dataset["score"] == [by_id[i] for i in dataset["id"]]  # each row keeps its own
     dropped = summary["funnel"]["dropped"]
     assert dropped["min_score"] == len(ok) - len(expected) and dropped["translate_error"] == 1
 
