@@ -152,9 +152,9 @@ def analyse(out: Path, mined: Path, samples: list, shard_done: dict) -> dict:
                 "passed": abs(cpu_ratio - 1) <= TOLERANCE, "rows_per_cpu_s_ratio": cpu_ratio,
                 "first_10pct_rows_per_s": first, "last_10pct_rows_per_s": last,
                 "wall_ratio": last / first, "shards_each": tenth,
-                "definition": "rows per CPU second of the translate process over the last 10% (at least 3) "
-                "of shards vs the first 10%, the warm-up shard left out, within 10%. CPU "
-                "time, because this 2-core machine is shared: wall rows/s is reported too",
+                "definition": "rows per CPU second of the translate process over the last 10% "
+                "of shards (at least 3) vs the first 10%, the warm-up shard left out, within "
+                "10%. CPU time, because this 2-core machine is shared: wall rows/s is reported too",
             },
             "rss_flat": {
                 "passed": late <= early * (1 + TOLERANCE), "max_first_half_mb": early,
