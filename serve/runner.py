@@ -126,6 +126,7 @@ def check_tuning(engine: str, tuning: dict) -> None:
 # the whole GPU.
 _BOUNDS = {
     ("ctranslate2", "inter_threads"): (1, "cores"),
+    ("ctranslate2", "intra_threads"): (0, "cores"),  # 0: CTranslate2 picks
     ("ctranslate2", "max_batch_tokens"): (0, 1 << 20),
     ("vllm", "gpu_memory_utilization"): (0.01, 1.0),
     ("vllm", "tensor_parallel_size"): (1, 64),

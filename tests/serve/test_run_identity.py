@@ -231,7 +231,7 @@ def test_output_and_model_may_not_hold_one_another(tiny_models, mined, tmp_path,
 @pytest.mark.parametrize(
     "tuning",
     [{"inter_threads": 0}, {"inter_threads": len(os.sched_getaffinity(0)) + 1},
-     {"max_batch_tokens": 2**31}],
+     {"intra_threads": len(os.sched_getaffinity(0)) + 1}, {"max_batch_tokens": 2**31}],
 )  # fmt: skip
 def test_engine_knobs_are_bounded(tuning):
     """Class 7: values the engine aborts or fails every call on."""
