@@ -164,6 +164,15 @@ def original_loop(model, tokenizer, sources: list[str], new_tokens: int, device:
     return texts
 
 
+def portable(value) -> str:
+    """A path or command word as committed results record it: paths relative to the repo
+    and `python` for this venv's interpreter, so the file names no machine's directories."""
+    text = str(value)
+    if text == sys.executable:
+        return "python"
+    return os.path.relpath(text, REPO) if os.path.isabs(text) else text
+
+
 def stopwatch():
     """A function that returns the seconds since this call."""
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, RESULTS, child_env, machine, stopwatch, write_json
+from bench.common import REPO, RESULTS, child_env, machine, portable, stopwatch, write_json
 
 TOLERANCE = 0.10
 
@@ -71,15 +71,6 @@ def main(argv: list[str] | None = None) -> dict:
     if failed:
         sys.exit(1)
     return report
-
-
-def portable(value) -> str:
-    """A command word as the committed results record it: paths relative to the repo and
-    `python` for this venv's interpreter, so the file names no machine's directories."""
-    text = str(value)
-    if text == sys.executable:
-        return "python"
-    return os.path.relpath(text, REPO) if os.path.isabs(text) else text
 
 
 def run_sampled(command: list, out: Path, log: Path):
@@ -136,7 +127,7 @@ def analyse(out: Path, mined: Path, samples: list, shard_done: dict, tolerance: 
     with open(mined, encoding="utf-8") as handle:  # streamed: 594K rows
         expected = [json.loads(line)["id"] for line in handle if line.strip()]
     steady = shards[1:] if len(shards) > 2 else shards  # the first shard warms up
-    # At least 3 shards a side: one shard's CPU time spans a few 1 s samples, too coarse.
+    # Up to 3 shards a side: one shard's CPU time spans a few 1 s samples, too coarse.
     tenth = max(min(3, len(steady) // 2), len(shards) // 10, 1)
 
     def rate(part, key="seconds"):  # rows per second (or per CPU second) over those shards
@@ -160,9 +151,9 @@ def analyse(out: Path, mined: Path, samples: list, shard_done: dict, tolerance: 
                 "first_10pct_rows_per_s": first, "last_10pct_rows_per_s": last,
                 "wall_ratio": last / first, "shards_each": tenth,
                 "definition": "rows per CPU second of the translate process over the last 10% "
-                "of shards (at least 3) vs the first 10%, the warm-up shard left out, within "
-                f"{tolerance:.0%}. CPU time, because this 2-core machine is shared: wall "
-                "rows/s is reported too",
+                "of shards (at least 3 given 6 steady shards) vs the first 10%, the warm-up "
+                f"shard left out, within {tolerance:.0%}. CPU time, because this 2-core "
+                "machine is shared: wall rows/s is reported too",
             },
             "rss_flat": {
                 "passed": late <= early * (1 + tolerance), "max_first_half_mb": early,

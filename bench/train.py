@@ -128,7 +128,7 @@ def summarize_training(runs, threads, train_file) -> dict:
     return {"model": "data.tiny_models T5 (d_model 128, 2+2 layers, gated-SiLU), LoRA r16 "
             "all-linear", "config": "train/configs/tiny.yaml (batch 16 per rank, fp32, ZeRO-3)",
             "launch": f"deepspeed --num_gpus {RANKS} --module train.finetune (gloo, CPU)",
-            "world_size": RANKS, "data": os.path.relpath(train_file.resolve(), REPO),
+            "world_size": RANKS, "data": common.portable(train_file.resolve()),
             "threads_per_rank": threads,
             **{k: longest[k] if longest else None for k in ("tokens_per_s", "samples_per_s")},
             "steady_state": steady, "definition": "train_summary.json: non-pad tokens (encoder "
@@ -160,7 +160,7 @@ def padding_report(train_file: Path, tokenizer_dir: Path) -> dict:
         per_batch[str(batch)] = {"grouped": grouped, "random": shuffled,
                                  "padded_tokens_saved": 1 - shuffled / grouped}  # fmt: skip
     headline = str(config["per_device_train_batch_size"])
-    return {"data": os.path.relpath(train_file.resolve(), REPO),  # portable: no machine's dirs
+    return {"data": common.portable(train_file.resolve()),  # portable: no machine's dirs
             "real_data": train_file.resolve() == SHARED_CONALA_TRAIN.resolve(),
             "pairs": len(lengths),
             "tokenizer": "data.tiny_models byte-level BPE (vocab 2048), not UL2's sentencepiece",
