@@ -232,13 +232,14 @@ def remove_dead_leftovers(output: Path, kinds: tuple[str, ...]) -> None:
         match = name.fullmatch(path.name)
         if match is None or match["host"] not in (None, socket.gethostname()):
             continue
-        if _running(int(match["pid"])) or (match["kind"] == "old" and not output.exists()):
+        if pid_alive(int(match["pid"])) or (match["kind"] == "old" and not output.exists()):
             continue
         shutil.rmtree(path, ignore_errors=True)
         logger.warning("removed %s, left by process %s, which no longer runs", path, match["pid"])
 
 
-def _running(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a killed writer's leftovers may go)."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:

@@ -50,6 +50,8 @@ COLUMNS = {
     "intent": "the original intent (the question title)",
     "coverage": "identifier coverage of `output` by `instruction` (null: the snippet has no "
     "identifiers or literals)",
+    "score": "the model's mean log-probability per generated token of `instruction` (null for "
+    "curated rows and for translations written before scores existed)",
 }
 
 
@@ -129,7 +131,7 @@ def render_card(stats: dict) -> str:
             'ds = load_dataset("PATH_OR_REPO_ID", split="train")',
             "```",
             "",
-            f"![identifier coverage and filter funnel]({FIGURE})",
+            f"![identifier coverage, model score and filter funnel]({FIGURE})",
             "",
             f"**{stats['rows']:,} rows** in {len(stats['shards'])} Parquet file(s) under `data/`.",
             "",
@@ -309,6 +311,8 @@ def _decontamination(caught: dict) -> list[str]:
 
 
 def _score(score: dict) -> list[str]:
+    if not score["n"] and not score["none"]:
+        return ["`score`: no mined row reached the min_score step, so there is none to report."]
     if not score["n"]:
         return [
             f"`score`: none of the {score['none']:,} mined rows reaching the min_score step "
@@ -319,8 +323,8 @@ def _score(score: dict) -> list[str]:
         f"the mined rows reaching the min_score step (n={score['n']:,}, without a score: "
         f"{score['none']:,}): mean {_num(score['mean'])}, p05 {_num(score['p05'])}, p25 "
         f"{_num(score['p25'])}, median {_num(score['p50'])}, p75 {_num(score['p75'])}, p95 "
-        f"{_num(score['p95'])}. With --min_score a row without a score is dropped: it cannot "
-        "show that it meets the bar.",
+        f"{_num(score['p95'])}. With --min_score a row without a score (null or NaN) is dropped: "
+        "it cannot show that it meets the bar.",
     ]
 
 

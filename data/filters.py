@@ -20,9 +20,9 @@ that counts it, so the funnel adds up: input = output + the sum of the drops.
       min_prob                   mining confidence under min_prob, or not a number in
                                  [0, 1] while min_prob is set (mined rows only)
       min_score                  the model's score (mean log-probability per generated
-                                 token) under min_score, or null while min_score is set:
-                                 a run written before scores existed cannot show it
-                                 meets the bar (mined rows only)
+                                 token) under min_score, or null or not finite (NaN)
+                                 while min_score is set: a run written before scores
+                                 existed cannot show it meets the bar (mined rows only)
       min_coverage               identifier coverage under min_coverage
       duplicate                  (instruction, output) pair already kept
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import tokenize
 import unicodedata
 from dataclasses import dataclass
@@ -131,6 +132,12 @@ def visible(text: str) -> str:
 def usable_prob(prob) -> float | None:
     """A mining confidence, or None when it is missing or not a probability (NaN, inf)."""
     return prob if prob is not None and 0.0 <= prob <= 1.0 else None
+
+
+def usable_score(score) -> float | None:
+    """The model's score, or None when it is missing or not finite: NaN compares False
+    with any bar, and -inf would make the histogram's mean -inf."""
+    return score if score is not None and math.isfinite(score) else None
 
 
 class Decontaminator:
@@ -323,6 +330,7 @@ class RowFilter:
                 self.funnel.prob.add(prob)
             if s.min_prob is not None and (prob is None or prob < s.min_prob):
                 return "min_prob", None
+            score = usable_score(score)
             self.funnel.score.add(score)
             if s.min_score is not None and (score is None or score < s.min_score):
                 return "min_score", None

@@ -11,8 +11,8 @@ With local curated files, stricter filters, and an upload:
 The output folder loads in one line, `datasets.load_dataset("runs/ul2/dataset")`:
 
     data/train-00000.parquet ...   the rows (columns: DATASET_SCHEMA below)
-    README.md                      dataset card: sources, license, model, funnel, coverage
-    coverage_funnel.png            coverage histograms and the funnel, linked from the card
+    README.md                      dataset card: sources, license, model, funnel, coverage, score
+    coverage_funnel.png            coverage, score and funnel panels, linked from the card
     stats.json                     the same numbers, machine-readable
 
 Rows are streamed shard by shard and written as they pass, so memory stays flat in
@@ -105,8 +105,8 @@ class InstructArguments:
     min_score: float | None = arg(
         None,
         "Drop mined rows whose model score (mean log-probability per generated token, "
-        "<= 0) is below this, and rows without a score (runs written before scores "
-        "existed). Default: keep all; the card reports the distribution.",
+        "<= 0) is below this, and rows without a score (NaN, or runs written before "
+        "scores existed). Default: keep all; the card reports the distribution.",
     )
     min_coverage: float | None = arg(
         None,
@@ -358,7 +358,10 @@ def curated_batch(table: pa.Table) -> tuple[str, pa.Table]:
 def describe(args, argv, translations, curated_train, row_filter, samples, shards) -> dict:
     """Everything the card, the figure and stats.json say, in one plain dict."""
     funnel = row_filter.funnel
-    references = curated_references(curated_train)
+    references = {
+        name: Histogram().extend(values)
+        for name, values in curated_references(curated_train).items()
+    }
     return {
         "rows": sum(funnel.output.values()),
         "shards": shards,
@@ -367,12 +370,12 @@ def describe(args, argv, translations, curated_train, row_filter, samples, shard
         "coverage": {
             "dataset": funnel.coverage.summary(),
             "dataset_mined": funnel.coverage_mined.summary(),
-            "human_rewrite": Histogram().extend(references["human_rewrite"]).summary(),
-            "raw_intent": Histogram().extend(references["raw_intent"]).summary(),
+            "human_rewrite": references["human_rewrite"].summary(),
+            "raw_intent": references["raw_intent"].summary(),
             "histograms": {
                 "dataset": funnel.coverage.coarse(),
-                "human_rewrite": Histogram().extend(references["human_rewrite"]).coarse(),
-                "raw_intent": Histogram().extend(references["raw_intent"]).coarse(),
+                "human_rewrite": references["human_rewrite"].coarse(),
+                "raw_intent": references["raw_intent"].coarse(),
             },
         },
         "score": {

@@ -147,7 +147,8 @@ def _iter_parquet_rows(path: Path, schema: pa.Schema, batch_rows: int):
 def _read_values(table: pa.Table, schema: pa.Schema, path: Path, offset: int):
     """Every value as its column's type, or null plus its row's error: text that is not
     UTF-8 (kept with U+FFFD), a number that does not fit losslessly (1.5 or NaN for an
-    integer, 2**64). Types that cannot hold such values at all are left to conform()."""
+    integer, 2**64; 2**53 + 1 for a float). Types that cannot hold such values at all
+    are left to conform()."""
     problems: list[list[str]] = [[] for _ in range(table.num_rows)]
     for field in schema:
         if field.name not in table.column_names:
@@ -304,5 +305,15 @@ def _conform_value(value, type_: pa.DataType) -> tuple[object, str | None]:
     if pa.types.is_integer(type_) and in_range:
         return int(value), None
     if pa.types.is_floating(type_) and numeric:
-        return float(value), None
+        if isinstance(value, float) or _is_exact_float(value):
+            return float(value), None
+        return None, f"has value {str(value)[:40]!r}, which {type_} cannot hold exactly"
     return None, f"has value {str(value)[:40]!r}, expected {type_}"
+
+
+def _is_exact_float(value: int) -> bool:
+    """Whether a float64 holds the int exactly: not most above 2**53, none past ~1.8e308."""
+    try:
+        return int(float(value)) == value
+    except OverflowError:
+        return False

@@ -115,7 +115,7 @@ def listed_shards(directory: str, manifest: dict) -> list[Path]:
     path = Path(directory)
     found = {int(f.name[5:-8]): f for f in path.glob("part-*.parquet") if f.name[5:-8].isdigit()}
     count = manifest.get("num_shards") if manifest.get("complete") else None
-    expected = set(range(count)) if isinstance(count, int) else set(found)
+    expected = set(range(count)) if count is not None else set(found)
     stray = sorted(set(found) - expected)
     if stray:
         raise UserError(
@@ -135,8 +135,7 @@ def listed_shards(directory: str, manifest: dict) -> list[Path]:
                 check_shard(found[index], manifest["run_id"], index)
             except ForeignShard as err:
                 raise UserError(f"--translations {err}") from None
-        entry = manifest["shards"].get(str(index))
-        recorded = entry.get("rows") if isinstance(entry, dict) else None
+        recorded = manifest["shards"].get(str(index), {}).get("rows")
         if recorded is not None and shard_rows(found[index]) != recorded:
             raise UserError(
                 f"--translations {found[index]}: {shard_rows(found[index])} rows, the manifest "
@@ -156,7 +155,8 @@ def check_run_ids(directory: str, manifest: dict) -> None:
     """Every shard entry names the manifest's run; older runs may leave it out."""
     run_id = manifest.get("run_id")
     strict = manifest.get("format_version", 1) >= FORMAT_VERSION
-    for index, entry in sorted(manifest["shards"].items()):
+    # Keys are shard indices as text: sorted as numbers, so the first mixed shard is named.
+    for index, entry in sorted(manifest["shards"].items(), key=lambda item: int(item[0])):
         shard_run = entry.get("run_id")
         if (strict or (run_id and shard_run)) and shard_run != run_id:
             raise UserError(

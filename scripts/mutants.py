@@ -33,34 +33,53 @@ REPO = Path(__file__).resolve().parents[1]
 # collection error, 5 nothing collected) means the fault broke the run, not a test.
 TESTS_FAILED = 1
 DEFAULT_OUT = "bench/results/mutants.json"
+FIELDS = {"name", "file", "search", "replace", "tests", "why"}
+EXIT_USER_ERROR = 2
 
 
 class FaultError(ValueError):
-    """A fault that cannot be applied: its search text is gone or ambiguous."""
+    """A fault file or fault that cannot be used: unreadable, incomplete, or a search
+    text that is gone or ambiguous."""
 
 
 def load_faults(path: Path) -> list[dict]:
-    faults = yaml.safe_load(path.read_text())
+    try:
+        faults = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise FaultError(
+            f"{path}: not a readable YAML file ({' '.join(str(err).split())})"
+        ) from None
+    if not isinstance(faults, list) or not all(isinstance(fault, dict) for fault in faults):
+        raise FaultError(f"{path}: expected a list of faults, each a mapping")
+    for index, fault in enumerate(faults, start=1):
+        missing = FIELDS - set(fault)
+        if missing:
+            name = fault.get("name", f"number {index}")
+            raise FaultError(f"{path}: fault {name}: missing {sorted(missing)}")
     names = [fault["name"] for fault in faults]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise FaultError(f"{path.name}: duplicate fault names {duplicates}")
-    for fault in faults:
-        missing = {"name", "file", "search", "replace", "tests", "why"} - set(fault)
-        if missing:
-            raise FaultError(f"fault {fault.get('name')}: missing {sorted(missing)}")
+        raise FaultError(f"{path}: duplicate fault names {duplicates}")
     return faults
 
 
-def apply(fault: dict, root: Path) -> str:
-    """Plant `fault` in the copy at `root`; return the file's original text."""
+def anchored_text(fault: dict, root: Path) -> str:
+    """The text of the fault's file under `root`, which must hold its search text once."""
     path = root / fault["file"]
+    if not path.is_file():
+        raise FaultError(f"fault {fault['name']}: no file {fault['file']}")
     original = path.read_text()
     count = original.count(fault["search"])
     if count != 1:
         where = "not found" if count == 0 else f"found {count} times"
         raise FaultError(f"fault {fault['name']}: search text {where} in {fault['file']}")
-    path.write_text(original.replace(fault["search"], fault["replace"]))
+    return original
+
+
+def apply(fault: dict, root: Path) -> str:
+    """Plant `fault` in the copy at `root`; return the file's original text."""
+    original = anchored_text(fault, root)
+    (root / fault["file"]).write_text(original.replace(fault["search"], fault["replace"]))
     return original
 
 
@@ -104,6 +123,19 @@ def run_tests(copy: Path, tests: list[str], timeout: int) -> tuple[str, float, s
     return ("failed" if proc.returncode == TESTS_FAILED else "broken"), seconds, tail
 
 
+def chosen_faults(path: Path, only: list[str] | None) -> list[dict]:
+    """The faults to plant (all, or those --only names), every anchor checked in the tree
+    before it is copied."""
+    faults = load_faults(path)
+    unknown = sorted(set(only or ()) - {fault["name"] for fault in faults})
+    if unknown:
+        raise FaultError(f"--only: no fault named {', '.join(unknown)}")
+    faults = [fault for fault in faults if not only or fault["name"] in only]
+    for fault in faults:
+        anchored_text(fault, REPO)
+    return faults
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faults", type=Path, default=REPO / "scripts" / "mutants.yaml")
@@ -114,18 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per test run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
     args = parser.parse_args(argv)
-    faults = load_faults(args.faults)
-    if args.only:
-        unknown = sorted(set(args.only) - {fault["name"] for fault in faults})
-        if unknown:
-            parser.error(f"--only: no fault named {', '.join(unknown)}")
-        faults = [fault for fault in faults if fault["name"] in args.only]
+    try:
+        faults = chosen_faults(args.faults, args.only)
+    except FaultError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     root = Path(tempfile.mkdtemp(prefix="mutants-"))
     started = time.monotonic()
     try:
         copy = copy_tree(root)
-        for fault in faults:  # every anchor is checked before any test runs
-            (copy / fault["file"]).write_text(apply(fault, copy))
         baseline_tests = sorted({test for fault in faults for test in fault["tests"]})
         outcome, seconds, tail = run_tests(copy, baseline_tests, args.timeout)
         if outcome != "passed":

@@ -109,8 +109,14 @@ def generate_rows(
 def _check_lengths(engine, unique, rows_of, result) -> tuple[list[int], list[int]]:
     """Indices of the sources the engine can take, and their (capped) token widths."""
     limit = engine.options.max_source_length
+    # A source of special tokens alone (odd unicode the tokenizer drops): CTranslate2
+    # generates nothing from it, hf something; neither is a rewrite of the row.
+    floor = engine.special_tokens()
     runnable, widths = [], []
     for i, length in enumerate(engine.count_tokens(unique) if unique else []):
+        if length <= floor:
+            _fill(result, rows_of[unique[i]], error="source is empty once tokenized")
+            continue
         if length > limit and not engine.capabilities.truncates_sources:
             error = (
                 f"source has {length} tokens, over the {limit}-token limit (--max_source_length)"

@@ -70,15 +70,17 @@ def prepare(args, options: GenerationOptions, rank: int, world: int) -> Plan:
     check_model_files(args.model)
     device = local_device(args.device)
     engine = select_engine(
-        args.model, args.engine, device=device, trust_remote_code=args.trust_remote_code
+        args.model,
+        args.engine,
+        device=device,
+        trust_remote_code=args.trust_remote_code,
+        mode=options.mode,
     )
     if args.precision == "int8" and engine != "ctranslate2":
         raise UserError(
             f"--precision int8 is a ctranslate2 precision; {engine} runs auto, bfloat16 or float32"
         )
     check_tuning(engine, args.tuning)
-    if options.num_beams > 1 and engine == "vllm":
-        raise UserError("--num_beams > 1 is not available with vllm (greedy only); use --engine hf")
     check_generation(engine, options)
     return Plan(args, options, template, engine, device, inputs, rank, world)
 
@@ -113,11 +115,30 @@ def check_tuning(engine: str, tuning: dict) -> None:
             continue
         if not _is_kind(value, kind):
             raise UserError(f"--engine_args: {name} must be {_KINDS[kind][1]}, got {value!r}")
-        low, high = _bounds(engine, name)
-        if (engine, name) in _BOUNDS and value is not None and not low <= value <= high:
+        bounds = _bounds(engine, name)
+        if bounds and not bounds[0] <= value <= bounds[1]:
             raise UserError(
-                f"--engine_args: {name} must be in [{low}, {high}] for {engine}, got {value!r}"
+                f"--engine_args: {name} must be in [{bounds[0]}, {bounds[1]}] for {engine}, "
+                f"got {value!r}"
             )
+    if engine == "ctranslate2":
+        check_threads(tuning)
+
+
+def check_threads(tuning: dict) -> None:
+    """inter_threads workers of intra_threads threads each: bounded one by one, they still
+    multiply past the cores (an unset one is split from the cores, see cpu_split)."""
+    if not tuning.get("intra_threads"):
+        return  # unset: the split fits the cores; 0: CTranslate2 picks
+    from serve.engines.ctranslate2 import cpu_split
+
+    cores = cores_per_local_rank()
+    inter, intra = cpu_split(cores, tuning.get("inter_threads"), tuning["intra_threads"])
+    if inter * intra > cores:
+        raise UserError(
+            f"--engine_args: inter_threads {inter} x intra_threads {intra} is {inter * intra} "
+            f"threads, more than the {cores} cores per rank; lower one of them"
+        )
 
 
 # What the engines can run with; outside, they abort or fail every call (measured:
@@ -134,8 +155,10 @@ _BOUNDS = {
 }
 
 
-def _bounds(engine: str, name: str) -> tuple:
-    low, high = _BOUNDS.get((engine, name), (None, None))
+def _bounds(engine: str, name: str) -> tuple | None:
+    if (engine, name) not in _BOUNDS:
+        return None
+    low, high = _BOUNDS[engine, name]
     return low, cores_per_local_rank() if high == "cores" else high
 
 
@@ -289,7 +312,7 @@ def translate_shard(engine: Engine, table: pa.Table, plan: Plan, on_rows):
         progress=on_rows,
     )
     errors = [pre or gen for pre, gen in zip(errors, result.errors)]
-    snippets = table.column("snippet").to_pylist()
+    snippets = cap_snippets(table.column("snippet").to_pylist(), plan.options.max_source_length)
     columns = output_columns(result.generations, snippets, plan.options)
     columns["error"] = pa.array(errors, pa.string())
     output = table.drop_columns(["error"])
@@ -344,6 +367,12 @@ def cap_sources(sources: list, errors: list, engine: Engine) -> tuple[list, list
                 f"{limit}-token limit (--max_source_length)"
             )
     return sources, errors
+
+
+def cap_snippets(snippets: list, limit: int) -> list:
+    """Snippets cut as cap_sources cuts sources: coverage (--select coverage,
+    --keep_candidates) tokenizes them, and terms that far past the cut were never read."""
+    return [s[: limit * MAX_CHARS_PER_TOKEN] if s else s for s in snippets]
 
 
 def summarize(totals: dict, seconds: float, manifest: dict, plan: Plan) -> dict:

@@ -58,7 +58,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.cli import UserError, read_json
+from common.cli import UserError, pid_alive, read_json
 from data.schema import conform
 from serve.identity import ids_digest
 
@@ -123,16 +123,6 @@ def _matches(directory: Path, pattern: re.Pattern) -> list[tuple[re.Match, Path]
     return [(match, path) for match, path in found if match]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def stamp(run_id: str, index: int, table: pa.Table) -> dict:
     """What a shard file carries to prove which run wrote it, and what it holds."""
     ids = table.column("id").to_pylist()
@@ -155,7 +145,7 @@ def check_shard(path: Path, run_id: str, index: int, *, ids: bool = True) -> dic
         found = {**found, "actual_ids": ids_digest(held)}
     problem = _stamp_problem(found, run_id, index, metadata.num_rows)
     if problem:
-        raise ForeignShard(f"{path}: {problem}; remove it, or rerun to write it again")
+        raise ForeignShard(f"{path}: {problem}; remove it and rerun to write it again")
     return found
 
 
@@ -173,13 +163,25 @@ def _stamp_problem(found, run_id: str, index: int, rows: int) -> str | None:
     return None
 
 
+def _other_version(manifest: dict) -> str:
+    found = manifest.get("format_version", 1)
+    if found > FORMAT_VERSION:
+        return f"a newer serve.translate (format {found}; this one writes {FORMAT_VERSION})"
+    return (
+        f"an older serve.translate (format {found}, shards without a run stamp; "
+        "data.instruct still reads it)"
+    )
+
+
 class ShardSink:
     """Writes shards of one run into ``output_dir``; one instance per rank.
 
     Ranks ``0..world_size-1`` may share the directory: rank ``r`` owns shards with
     ``index % world_size == r``. Construction takes the directory lock, then either creates
     the manifest, resumes, raises ``ResumeMismatch``, or (``overwrite=True`` with different
-    parameters) deletes the old shards, temp files and manifest and starts fresh.
+    parameters) deletes the old shards, temp files and manifest and starts fresh. It also
+    raises ``ForeignShard`` for a part file the run did not write, and ``UserError`` when a
+    live process writes the directory as this rank or with another world size.
 
     Identical parameters always resume, even with ``overwrite=True``: when several ranks
     start at once, the first one wipes the old run and writes the new manifest, and the
@@ -256,7 +258,7 @@ class ShardSink:
         writer is gone can go; a live rank may be writing any other one right now."""
         for match, path in _matches(self.dir, _TEMP):
             pid = match.group(2)
-            if self.owns(int(match.group(1))) or (pid and not _alive(int(pid))):
+            if self.owns(int(match.group(1))) or (pid and not pid_alive(int(pid))):
                 path.unlink(missing_ok=True)
 
     def _open_run(self, manifest: dict | None, overwrite: bool) -> dict:
@@ -269,9 +271,8 @@ class ShardSink:
         old = manifest is not None and manifest.get("format_version") != FORMAT_VERSION
         if old and _indices(self.dir, _PART) and not overwrite:
             raise ResumeMismatch(
-                f"{self.dir} was written by an older serve.translate (format "
-                f"{manifest.get('format_version')}, shards without a run stamp) and cannot be "
-                "resumed; data.instruct still reads it. Pass --overwrite to start over"
+                f"{self.dir} was written by {_other_version(manifest)} and cannot be resumed "
+                "by this one. Pass --overwrite to start over"
             )
         diffs = self._diff(manifest) if manifest is not None else []
         if old:  # stamps and row fingerprints did not exist: nothing to compare them with
@@ -338,10 +339,14 @@ class ShardSink:
             raise FileExistsError(f"shard {index} is already written: {final}")
         temp = self.dir / f".{final.name}.{os.getpid()}.tmp"
         table = table.replace_schema_metadata({STAMP: json.dumps(stamp(self.run_id, index, table))})
-        with open(temp, "wb") as f:
-            pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(temp, "wb") as f:
+                pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            temp.unlink(missing_ok=True)  # a full disk gets its space back
+            raise
         with self._locked():
             manifest = self._read_manifest()
             if manifest is None or manifest.get("run_id") != self.run_id:
@@ -394,7 +399,7 @@ class ShardSink:
         if found["ids"] != stamp(self.run_id, index, table)["ids"]:
             raise ForeignShard(
                 f"{self.dir / _part_name(index)}: holds other ids than input rows "
-                f"{index * self.rows_per_shard}.. of this run; remove it, or rerun to write it"
+                f"{index * self.rows_per_shard}.. of this run; remove it and rerun to write it"
             )
 
     def close(self) -> None:
@@ -440,9 +445,10 @@ class ShardSink:
         return [f"{key}: {a!r} -> {b!r}" for key, a, b in pairs if a != b]
 
     def _wipe(self) -> None:
+        # Matches, not indices: several writers' temps may share a shard index.
         for pattern in (_PART, _TEMP):
-            for path in _indices(self.dir, pattern).values():
-                path.unlink()
+            for _, path in _matches(self.dir, pattern):
+                path.unlink(missing_ok=True)
         (self.dir / MANIFEST).unlink(missing_ok=True)
 
 

@@ -5,9 +5,11 @@
 
 `auto` sends decoder-only models to vllm and encoder-decoders to ctranslate2 when
 that engine can run on the device (serve.engines.probe, cached: installed, and its
-native libraries load there), and falls back to hf, which runs everything, with
-one warning that names the fix. A named engine that cannot run is refused before
-any work. Engine modules are imported only when chosen (vllm alone takes seconds).
+native libraries load there) and runs the decoding mode asked for (no sampling on
+ctranslate2, no beams on vllm), and falls back to hf, which runs everything, with
+one warning that names the fix when the device was the reason. A named engine that
+cannot run is refused before any work. Engine modules are imported only when chosen
+(vllm alone takes seconds).
 """
 
 from __future__ import annotations
@@ -97,8 +99,10 @@ def select_engine(
     *,
     device: str = "auto",
     trust_remote_code: bool = False,
+    mode: str = "greedy",
 ) -> str:
-    """The engine `name` resolves to for this model on `device`, or a refusal saying why."""
+    """The engine `name` resolves to for this model on `device` and decoding `mode`
+    (GenerationOptions.mode), or a refusal saying why."""
     if name not in CHOICES:
         raise UserError(f"Unsupported engine: {name} (choose from {', '.join(CHOICES)})")
     encoder_decoder = is_encoder_decoder(model_path, trust_remote_code=trust_remote_code)
@@ -118,7 +122,10 @@ def select_engine(
     from serve.engines.probe import engine_probe
 
     device = local_device(device)
-    for candidate in runs if name == "auto" else (name,):
+    # hf runs every mode, so auto always keeps a candidate; a named engine is checked by
+    # check_generation, which names one that can.
+    able = [engine for engine in runs if mode in _MODES[engine]]
+    for candidate in able if name == "auto" else (name,):
         probe = engine_probe(candidate, device)
         if probe.runs:
             return candidate
@@ -162,7 +169,11 @@ def create_engine(name: str, model_path: str | Path, **kwargs) -> Engine:
     settings = EngineSettings(**{k: v for k, v in given.items() if k in shared})
     tuning = {k: v for k, v in given.items() if k not in shared}
     chosen = select_engine(
-        model_path, name, device=settings.device, trust_remote_code=settings.trust_remote_code
+        model_path,
+        name,
+        device=settings.device,
+        trust_remote_code=settings.trust_remote_code,
+        mode=settings.options.mode,
     )
     check_generation(chosen, settings.options)
     logger.info("engine: %s%s", chosen, " (auto)" if name == "auto" else "")

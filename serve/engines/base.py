@@ -166,6 +166,10 @@ class Engine(ABC):
         """Source lengths in tokens, as the model will see them (special tokens included)."""
         return [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
 
+    def special_tokens(self) -> int:
+        """The special tokens `count_tokens` counts in every source (T5's `</s>`)."""
+        return self.tokenizer.num_special_tokens_to_add()
+
     @abstractmethod
     def generate(self, sources: list[str]) -> list[Generation]:
         """One generation (`options.num_candidates` candidates) per source, in order."""

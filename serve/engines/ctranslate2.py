@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -213,18 +214,20 @@ CPU_MAX_BATCH_TOKENS = 2048  # the default sub-batch on CPU (see CTranslate2Engi
 
 
 def cpu_split(threads: int, inter: int | None = None, intra: int | None = None) -> tuple:
-    """`(inter_threads, intra_threads)` for `threads` CPU cores: unset knobs split them."""
+    """`(inter_threads, intra_threads)` for `threads` CPU cores: unset (None) knobs split
+    them; intra 0 is passed on (CTranslate2 then picks its own count)."""
     inter = inter or min(2, threads)
-    return inter, intra or max(1, threads // inter)
+    return inter, max(1, threads // inter) if intra is None else intra
 
 
 class CTranslate2Engine(Engine):
     """Tuning: `inter_threads` (batches run in parallel), `intra_threads` (threads per
-    batch), `max_batch_tokens` (> 0 splits a planner batch by tokens inside CTranslate2; 0
-    runs it whole). CPU defaults, from bench.translate's sweep on 2 cores (same float32
-    text): two workers on half the cores each (`cpu_split`; one-thread workers never wait
-    on OpenMP barriers, which a loaded machine turns into 5x slowdowns) and sub-batches of
-    CPU_MAX_BATCH_TOKENS that the two share (1.3x whole planner batches)."""
+    batch; 0 lets CTranslate2 pick), `max_batch_tokens` (> 0 splits a planner batch by
+    tokens inside CTranslate2; 0 runs it whole). CPU defaults, from bench.translate's
+    sweep on 2 cores (same float32 text): two workers on half the cores each
+    (`cpu_split`; one-thread workers never wait on OpenMP barriers, which a loaded
+    machine turns into 5x slowdowns) and sub-batches of CPU_MAX_BATCH_TOKENS that the
+    two share (1.3x whole planner batches)."""
 
     def __init__(
         self,
@@ -299,40 +302,6 @@ class CTranslate2Engine(Engine):
         limit = self.options.max_source_length
         # The model's own tokenizer truncates, so a cut source still ends in </s>.
         ids = self.tokenizer(sources, truncation=True, max_length=limit)["input_ids"]
-        # Decode as `hf` does. HF's generate() takes what GenerationOptions leaves unset
-        # from the model's generation_config, else HF's defaults; read them once.
-        decoding = self.__dict__.get("_hf_decoding")
-        if decoding is None:
-            from transformers import GenerationConfig
-
-            model_path = self.tokenizer.name_or_path  # the model dir, for either constructor
-            config = GenerationConfig()
-            if os.path.isdir(model_path):  # never a hub lookup
-                try:
-                    config = GenerationConfig.from_pretrained(model_path)
-                except (OSError, ValueError):  # no generation_config.json: HF uses config.json
-                    with contextlib.suppress(OSError, ValueError):
-                        config = GenerationConfig.from_model_config(
-                            AutoConfig.from_pretrained(model_path)
-                        )
-            hf_defaults = {"length_penalty": 1.0, "repetition_penalty": 1.0,
-                           "no_repeat_ngram_size": 0}  # fmt: skip
-            hf = {
-                key: default if getattr(config, key, None) is None else getattr(config, key)
-                for key, default in hf_defaults.items()
-            }
-            # Both normalize a finished beam's log-probability by its length, end token
-            # included (return_end_token=True), raised to length_penalty, and both stop
-            # once num_beams hypotheses have finished: patience 1 here, early_stopping=True
-            # in the hf engine. The same algorithm, so the engines agree on beams
-            # (HF's default instead searches on until no running beam can win, which
-            # CTranslate2 cannot express: 88-98% agreement on the demo model).
-            decoding = self._hf_decoding = {
-                "length_penalty": float(hf["length_penalty"]),
-                "patience": 1.0,
-                "repetition_penalty": float(hf["repetition_penalty"]),
-                "no_repeat_ngram_size": int(hf["no_repeat_ngram_size"]),
-            }
         return self.translator.translate_batch(
             [self.tokenizer.convert_ids_to_tokens(row) for row in ids],
             beam_size=self.options.num_beams,
@@ -345,8 +314,43 @@ class CTranslate2Engine(Engine):
             batch_type="tokens",
             return_end_token=True,
             asynchronous=asynchronous,
-            **decoding,
+            **self._hf_decoding,
         )
+
+    @functools.cached_property
+    def _hf_decoding(self) -> dict:
+        """Decode as `hf` does. HF's generate() takes what GenerationOptions leaves unset
+        from the model's generation_config, else HF's defaults; read them once."""
+        from transformers import GenerationConfig
+
+        model_path = self.tokenizer.name_or_path  # the model dir, for either constructor
+        config = GenerationConfig()
+        if os.path.isdir(model_path):  # never a hub lookup
+            try:
+                config = GenerationConfig.from_pretrained(model_path)
+            except (OSError, ValueError):  # no generation_config.json: HF uses config.json
+                with contextlib.suppress(OSError, ValueError):
+                    config = GenerationConfig.from_model_config(
+                        AutoConfig.from_pretrained(model_path)
+                    )
+        hf_defaults = {"length_penalty": 1.0, "repetition_penalty": 1.0,
+                       "no_repeat_ngram_size": 0}  # fmt: skip
+        hf = {
+            key: default if getattr(config, key, None) is None else getattr(config, key)
+            for key, default in hf_defaults.items()
+        }
+        # Both normalize a finished beam's log-probability by its length, end token
+        # included (return_end_token=True), raised to length_penalty, and both stop
+        # once num_beams hypotheses have finished: patience 1 here, early_stopping=True
+        # in the hf engine. The same algorithm, so the engines agree on beams
+        # (HF's default instead searches on until no running beam can win, which
+        # CTranslate2 cannot express: 88-98% agreement on the demo model).
+        return {
+            "length_penalty": float(hf["length_penalty"]),
+            "patience": 1.0,
+            "repetition_penalty": float(hf["repetition_penalty"]),
+            "no_repeat_ngram_size": int(hf["no_repeat_ngram_size"]),
+        }
 
     def _collect(self, results) -> list[Generation]:
         outputs = []
@@ -361,7 +365,7 @@ class CTranslate2Engine(Engine):
                 count = len(hypothesis)  # end token included, as hf
                 # CTranslate2 reports sum(log-probs) / count**length_penalty, greedy too
                 # (measured against score_batch: equal within 1e-6 at 1.0 and 0.6).
-                candidates.append(Candidate(text, count, score * count**penalty / count))
+                candidates.append(Candidate(text, count, score * count**penalty / max(count, 1)))
             outputs.append(Generation(tuple(candidates)))
         return outputs
 

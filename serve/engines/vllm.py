@@ -32,6 +32,7 @@ import os
 
 from transformers import AutoConfig, AutoTokenizer
 
+from serve.engines import check_generation
 from serve.engines.base import (
     Candidate,
     Capabilities,
@@ -100,11 +101,7 @@ class VLLMEngine(Engine):
         device, precision = settings.device, settings.precision
         trust_remote_code = settings.trust_remote_code
         self.options = settings.options
-        if self.options.num_beams > 1:
-            raise ValueError(
-                "the vllm engine has no beam search (--num_beams 1; --do_sample for several "
-                "candidates); for beams use --engine hf"
-            )
+        check_generation("vllm", self.options)  # also built directly, not via create_engine
         check_precision("vllm", precision, ("auto", "bfloat16", "float32"))
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         max_model_len = self._model_len(config, max_model_len)

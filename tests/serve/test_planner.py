@@ -27,6 +27,9 @@ class FakeEngine(Engine):
     def count_tokens(self, sources):
         return [len(source.split()) for source in sources]
 
+    def special_tokens(self):
+        return 0
+
     def generate(self, sources):
         self.calls.append(list(sources))
         if self.broken or any(word in self.poison for s in sources for word in s.split()):
@@ -122,3 +125,17 @@ def test_over_long_sources_are_cut_or_refused_by_capability():
         == refused.errors[2]
         == ("source has 20 tokens, over the 8-token limit (--max_source_length)")
     )
+
+
+def test_a_source_of_special_tokens_alone_is_its_rows_error(tiny_models, tmp_path):
+    """CTranslate2 generates nothing from `</s>` alone (its score divided by zero)."""
+    from serve.engines import create_engine
+
+    engine = create_engine("ctranslate2", str(tiny_models["t5"]), cache_dir=str(tmp_path))
+    for sources in (["", "x = 1", ""], [""]):
+        result = generate_rows(engine, sources, batch_tokens=100, max_batch_size=4)
+        for source, output, error in zip(sources, result.outputs, result.errors):
+            assert (error, output is None) == (
+                ("source is empty once tokenized", True) if not source else (None, False)
+            )
+    engine.close()
