@@ -227,7 +227,7 @@ class CTranslate2Engine(Engine):
     sweep on 2 cores (same float32 text): two workers on half the cores each
     (`cpu_split`; one-thread workers never wait on OpenMP barriers, which a loaded
     machine turns into 5x slowdowns) and sub-batches of CPU_MAX_BATCH_TOKENS that the
-    two share (1.3x whole planner batches)."""
+    two share (1.1-1.2x whole planner batches in two bench sweeps)."""
 
     def __init__(
         self,

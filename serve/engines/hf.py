@@ -4,14 +4,15 @@ bf16 on GPU and fp32 on CPU by default; never fp16, which T5-family activations
 overflow. On CUDA OOM a batch is halved and retried, and the size that worked
 becomes the ceiling for later batches, so one long batch doesn't kill the job.
 
-Scores come from the raw logits `generate` returns (`output_logits`): the log-softmax
-of the model's own distribution at each step, before any processor, gathered along
-each hypothesis' beam path. Sampling draws by Gumbel-max with one torch generator per
+Scores come from a teacher-forced forward pass over each kept hypothesis after
+`generate`: the log-softmax of the model's own distribution, before any processor, at
+each generated token. Sampling draws by Gumbel-max with one torch generator per
 row (`SeededSampler`), so a row's draws depend on its seed alone, not on its batch.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -25,6 +26,7 @@ from transformers import (
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.modeling_outputs import BaseModelOutput
 
 from serve.engines.base import (
     Candidate,
@@ -39,6 +41,10 @@ from serve.engines.base import (
 
 logger = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# float32 logits per rescoring chunk (logsumexp's temporaries take twice as much again).
+# Scores come after `generate` because its `output_logits` holds steps x rows x vocab
+# floats until it returns: 8 GB at 256 rows, 64 steps and a 128K vocabulary.
+SCORE_CHUNK_BYTES = 256 * 2**20
 
 
 def resolve_device(device: str) -> str:
@@ -67,23 +73,6 @@ def _generated_length(ids: list[int], eos: int | None) -> int:
     """Tokens up to and including the first end token (the padding after it excluded);
     a pad id the model chose to generate counts like any other token."""
     return ids.index(eos) + 1 if eos is not None and eos in ids else len(ids)
-
-
-def token_log_probs(logits: tuple, tokens: torch.Tensor, beam_indices) -> torch.Tensor:
-    """Log-probability of each generated token under the raw logits of its own beam.
-
-    `logits[t]` holds one row per live beam at step t; `beam_indices[i, t]` names the
-    beam hypothesis i came from there (-1 once it has ended). Greedy rows are their own
-    beams. One step at a time, so no (steps x rows x vocab) stack is ever built.
-    """
-    steps = min(len(logits), tokens.shape[1])
-    out = torch.zeros(tokens.shape[0], steps, device=tokens.device)
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
-    for t in range(steps):
-        beams = rows if beam_indices is None else beam_indices[:, t].clamp(min=0)
-        step = logits[t][beams]
-        out[:, t] = step.gather(1, tokens[:, t : t + 1])[:, 0] - step.logsumexp(-1)
-    return out
 
 
 class SeededSampler(LogitsProcessor):
@@ -131,6 +120,7 @@ class HFEngine(Engine):
         self.tokenizer = tokenizer
         self.options = options
         self.encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.forward_args = set(inspect.signature(model.forward).parameters)
         if not self.encoder_decoder:
             # Left padding keeps every prompt's last token next to its first new one.
             tokenizer.padding_side = "left"
@@ -182,8 +172,15 @@ class HFEngine(Engine):
         if options.do_sample:
             device = self.model.device
             sampler = SeededSampler(seeds, options.temperature, options.top_p, device)
-        output = self.model.generate(
+        # Encoded once, for generate and for scoring. generate gets its own wrapper because
+        # it expands that in place for beams; `encoded` keeps one row per source.
+        encoded, reused = None, {}
+        if self.encoder_decoder:
+            encoded = self.model.get_encoder()(**batch).last_hidden_state
+            reused = {"encoder_outputs": BaseModelOutput(encoded)}
+        sequences = self.model.generate(
             **batch,
+            **reused,
             max_new_tokens=options.max_new_tokens,
             min_new_tokens=options.min_new_tokens,
             num_beams=options.num_beams,
@@ -193,19 +190,43 @@ class HFEngine(Engine):
             early_stopping=True,
             do_sample=False,
             logits_processor=LogitsProcessorList([sampler] if sampler else []),
-            return_dict_in_generate=True,
-            output_logits=True,
         )
         # Keep what was generated: not the decoder start token, not a causal LM's prompt.
         start = 1 if self.encoder_decoder else batch["input_ids"].shape[1]
-        tokens = output.sequences[:, start:]
-        log_probs = token_log_probs(output.logits, tokens, output.get("beam_indices")).tolist()
+        tokens = sequences[:, start:]
+        log_probs = self._token_log_probs(sequences, tokens.shape[1], batch, encoded).tolist()
         texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         candidates = []
         for text, row, row_log_probs in zip(texts, tokens.tolist(), log_probs):
             count = _generated_length(row, self.tokenizer.eos_token_id)
             candidates.append(Candidate(text, count, sum(row_log_probs[:count]) / count))
         return [Generation(tuple(candidates[i : i + n])) for i in range(0, len(candidates), n)]
+
+    def _token_log_probs(self, sequences, steps: int, batch, encoded) -> torch.Tensor:
+        """Log-probability of each of the last `steps` tokens of `sequences` under the raw
+        logits of the model fed the tokens before it: the distribution `generate` drew from,
+        before any processor. Rows go in chunks of at most SCORE_CHUNK_BYTES of logits."""
+        vocab = self.model.config.get_text_config().vocab_size
+        chunk = max(1, SCORE_CHUNK_BYTES // (4 * steps * vocab))
+        per_source = len(sequences) // len(batch["input_ids"])  # beams/candidates per source
+        out = []
+        for rows in torch.arange(len(sequences), device=sequences.device).split(chunk):
+            inputs, sources = sequences[rows, :-1], rows // per_source
+            mask = batch["attention_mask"][sources]
+            if self.encoder_decoder:
+                hidden = BaseModelOutput(encoded[sources])
+                args = {"decoder_input_ids": inputs, "encoder_outputs": hidden}
+            else:  # the prompt's mask, then its new tokens; positions as generate counts them
+                mask = torch.cat([mask, mask.new_ones(len(rows), steps - 1)], dim=1)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                args = {"input_ids": inputs, "position_ids": positions, "logits_to_keep": steps}
+                # Only what forward takes, as generate does (no logits_to_keep: the prompt's
+                # logits are computed too, over the chunk budget).
+                args = {k: v for k, v in args.items() if k in self.forward_args}
+            logits = self.model(**args, attention_mask=mask, use_cache=False).logits
+            logits, targets = logits[:, -steps:].float(), sequences[rows, -steps:]
+            out.append(logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1))
+        return torch.cat(out)
 
     def close(self) -> None:
         del self.model
