@@ -1,4 +1,4 @@
-"""hf scores: a teacher-forced pass after `generate`, in row chunks of bounded memory.
+"""hf scores: step logits while they fit the budget, else a teacher-forced pass in chunks.
 
 `generate(output_logits=True)` would hold steps x rows x vocab floats until it returns;
 here the engine's peak memory stays near one chunk, and its scores equal the score
